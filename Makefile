@@ -1,0 +1,61 @@
+# Handoff: the one entry point. `make run` starts everything on the embedded stack,
+# `make test` runs every check. Both install what they need first.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
+VENV := .venv
+PY := $(VENV)/bin/python
+PACKAGES := -e ./schemas -e ./runtime -e ./services/scorer -e ./services/router -e ./services/feedback
+
+.PHONY: install run demo test lint typecheck unit integration e2e schemas lock clean
+
+$(TOOLS)/bin/uv:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+# The lock pins every third-party package; the workspace packages install editable on top.
+$(VENV)/.installed: requirements.lock $(wildcard */pyproject.toml services/*/pyproject.toml) | $(UV)
+	test -d $(VENV) || $(UV) venv --quiet --python $(PYTHON) $(VENV)
+	$(UV) pip sync --quiet --python $(PY) requirements.lock
+	$(UV) pip install --quiet --python $(PY) --no-deps $(PACKAGES)
+	touch $@
+
+install: $(VENV)/.installed
+
+## Regenerate requirements.lock from the pyproject files (records no index hosts).
+lock: | $(UV)
+	$(UV) lock
+	$(UV) export --frozen --no-hashes --no-emit-workspace --all-packages --all-groups --no-header -o requirements.lock
+
+run: install
+	$(PY) -m handoff_runtime.launcher run
+
+demo: install
+	$(PY) -m handoff_runtime.demo
+
+schemas: install
+	$(PY) -m handoff_schemas.generate
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy schemas/handoff_schemas runtime/handoff_runtime services/scorer/handoff_scorer services/router/handoff_router services/feedback/handoff_feedback
+
+unit: install
+	$(PY) -m pytest tests/unit -q
+
+integration: install
+	$(PY) -m pytest tests/integration -q
+
+e2e: install
+	$(PY) -m pytest tests/e2e -q
+
+test: lint typecheck
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .data

@@ -1,0 +1,151 @@
+"""The one place that names every topic and every event type, with producers and consumers.
+
+Services import topic names and event models from here and nowhere else; the JSON Schema
+files and the AsyncAPI document in `schemas/` are generated from this catalogue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from .events import (
+    LeadAssignedV1,
+    LeadCreatedV1,
+    LeadNurtureRequestedV1,
+    LeadQueuedV1,
+    LeadScoredV1,
+    LeadStatusChangedV1,
+)
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A Kafka topic: its name, partitions, retention and who writes and reads it."""
+
+    name: str
+    description: str
+    partitions: int
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    key: str = "lead id"
+
+
+@dataclass(frozen=True)
+class EventType:
+    """A versioned CloudEvents type and the payload model of its `data`."""
+
+    type: str
+    model: type[BaseModel]
+    topics: tuple[str, ...]
+    producers: tuple[str, ...]
+    description: str = field(default="")
+
+
+LEAD_CREATED = Topic(
+    "handoff.lead.created",
+    "Leads as received, from the scorer's webhook intake or any producer.",
+    partitions=3,
+    producers=("scorer", "marketing automation"),
+    consumers=("scorer",),
+)
+LEAD_SCORED = Topic(
+    "handoff.lead.scored",
+    "Leads scored against the current ICP, with the explanation of every score.",
+    partitions=3,
+    producers=("scorer",),
+    consumers=("router",),
+)
+LEAD_ROUTING = Topic(
+    "handoff.lead.routing",
+    "Routing outcomes: assigned to a rep, queued in a backlog, or sent to nurture.",
+    partitions=3,
+    producers=("router",),
+    consumers=("feedback", "CRM"),
+)
+LEAD_STATUS = Topic(
+    "handoff.lead.status",
+    "The lead lifecycle as sales reports it, and nurture requests for marketing.",
+    partitions=3,
+    producers=("feedback",),
+    consumers=("router", "marketing automation"),
+)
+
+TOPICS: tuple[Topic, ...] = (LEAD_CREATED, LEAD_SCORED, LEAD_ROUTING, LEAD_STATUS)
+
+
+def dead_letter_topic(service: str) -> Topic:
+    """The dead-letter topic of one consuming service (its messages that could not be processed)."""
+    return Topic(
+        f"handoff.dlq.{service}",
+        f"Messages {service} could not process after bounded retries, with headers naming "
+        "the original topic, partition, offset, error and attempt count.",
+        partitions=1,
+        producers=(service,),
+        consumers=("operators",),
+        retention_ms=30 * 24 * 3600 * 1000,
+        key="original key",
+    )
+
+
+SERVICES = ("scorer", "router", "feedback")
+DEAD_LETTER_TOPICS: tuple[Topic, ...] = tuple(dead_letter_topic(s) for s in SERVICES)
+
+EVENTS: tuple[EventType, ...] = (
+    EventType(
+        "handoff.lead.created.v1",
+        LeadCreatedV1,
+        (LEAD_CREATED.name,),
+        ("scorer", "marketing automation"),
+        "A lead entered Handoff.",
+    ),
+    EventType(
+        "handoff.lead.scored.v1",
+        LeadScoredV1,
+        (LEAD_SCORED.name,),
+        ("scorer",),
+        "A lead was scored against an ICP version, with per-criterion explanation.",
+    ),
+    EventType(
+        "handoff.lead.assigned.v1",
+        LeadAssignedV1,
+        (LEAD_ROUTING.name,),
+        ("router",),
+        "A rep with room now owns the lead.",
+    ),
+    EventType(
+        "handoff.lead.queued.v1",
+        LeadQueuedV1,
+        (LEAD_ROUTING.name,),
+        ("router",),
+        "No eligible rep has room; the lead waits in the backlog.",
+    ),
+    EventType(
+        "handoff.lead.nurture_requested.v1",
+        LeadNurtureRequestedV1,
+        (LEAD_ROUTING.name, LEAD_STATUS.name),
+        ("router", "feedback"),
+        "Sales will not work the lead now (low fit, no capacity, or a nurturable reason "
+        "from sales); marketing should nurture it until the re-qualify date.",
+    ),
+    EventType(
+        "handoff.lead.status_changed.v1",
+        LeadStatusChangedV1,
+        (LEAD_STATUS.name,),
+        ("feedback",),
+        "Sales moved the lead in its lifecycle.",
+    ),
+)
+
+EVENTS_BY_TYPE: dict[str, EventType] = {e.type: e for e in EVENTS}
+TOPICS_BY_NAME: dict[str, Topic] = {t.name: t for t in (*TOPICS, *DEAD_LETTER_TOPICS)}
+
+
+def event_type_of(model: type[BaseModel]) -> EventType:
+    """The catalogue entry whose payload is `model` (one model, one event type)."""
+    for event in EVENTS:
+        if event.model is model:
+            return event
+    raise KeyError(f"{model.__name__} is not a catalogued event payload")

@@ -1,0 +1,42 @@
+"""The CloudEvents 1.0 envelope every Handoff event travels in (structured JSON mode)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DataT = TypeVar("DataT", bound=BaseModel)
+
+CONTENT_TYPE = "application/cloudevents+json"
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC (the only clock events use)."""
+    return datetime.now(UTC)
+
+
+class CloudEvent(BaseModel, Generic[DataT]):
+    """A CloudEvents 1.0 envelope. `subject` is the lead id and also the Kafka key."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1)
+    source: str = Field(min_length=1, description="URI-reference of the producing service.")
+    type: str = Field(
+        min_length=1,
+        description="Event type with its major version, e.g. handoff.lead.assigned.v1.",
+    )
+    subject: str = Field(min_length=1, description="The lead id; equal to the Kafka key.")
+    time: datetime = Field(default_factory=utcnow)
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: DataT
+
+
+class RawCloudEvent(CloudEvent[Any]):  # type: ignore[type-var]
+    """An envelope whose data is not parsed yet (used to route by `type`)."""
+
+    data: dict[str, Any]

@@ -1,0 +1,174 @@
+"""Version 1 event payloads. Additive changes keep the version; a breaking change adds a v2."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class FitGrade(StrEnum):
+    """How closely a lead matches the ideal customer profile; A is the ideal fit."""
+
+    A = "A"
+    B = "B"
+    C = "C"
+    D = "D"
+
+
+class LeadStatus(StrEnum):
+    """A lead's lifecycle status as sales reports it."""
+
+    ASSIGNED = "assigned"
+    ACCEPTED = "accepted"
+    CONTACTED = "contacted"
+    QUALIFIED = "qualified"
+    CONVERTED = "converted"
+    WON = "won"
+    LOST = "lost"
+    DISQUALIFIED = "disqualified"
+    RECYCLED = "recycled"
+
+
+WORKING_STATUSES = frozenset({LeadStatus.ASSIGNED, LeadStatus.ACCEPTED, LeadStatus.CONTACTED})
+"""Statuses in which a lead occupies a slot of its owner's capacity."""
+
+
+class Activity(_Payload):
+    """One engagement signal from marketing automation (form fill, webinar, pricing visit...)."""
+
+    type: str = Field(min_length=1, max_length=64, examples=["webinar_attended"])
+    occurred_at: datetime
+
+
+class LeadProfile(_Payload):
+    """What marketing knows about the person and their company."""
+
+    email: EmailStr
+    name: str | None = Field(default=None, max_length=200)
+    company: str | None = Field(default=None, max_length=200)
+    domain: str | None = Field(default=None, max_length=253)
+    title: str | None = Field(default=None, max_length=200)
+    industry: str | None = Field(default=None, max_length=100)
+    employees: int | None = Field(default=None, ge=0, le=10_000_000)
+    country: str | None = Field(default=None, min_length=2, max_length=2, description="ISO 3166-1 alpha-2.")
+    source: str | None = Field(default=None, max_length=100)
+    campaign: str | None = Field(default=None, max_length=200)
+    activities: list[Activity] = Field(default_factory=list, max_length=500)
+
+
+class LeadCreatedV1(_Payload):
+    """A lead entered Handoff (webhook intake or a producer writing to the topic)."""
+
+    lead_id: str = Field(min_length=1, max_length=64)
+    received_at: datetime
+    lead: LeadProfile
+
+
+class Contribution(_Payload):
+    """One criterion's share of a score: why the lead got these points."""
+
+    criterion: str
+    matched: str | None = Field(description="The lead's value that matched, or null if none.")
+    points: float
+    max_points: float
+
+
+class LeadScoredV1(_Payload):
+    """A lead was scored against an ICP version; carries the profile the router needs."""
+
+    lead_id: str
+    icp_version: int = Field(ge=1)
+    score: float = Field(ge=0, le=100)
+    grade: FitGrade
+    engagement_level: int = Field(ge=1, le=4, description="1 = hot ... 4 = cold.")
+    contributions: list[Contribution]
+    disqualifiers: list[str] = Field(default_factory=list)
+    scored_at: datetime
+    received_at: datetime
+    lead: LeadProfile
+
+
+class Candidate(_Payload):
+    """A rep the router considered, with the load it saw."""
+
+    rep_id: str
+    working: int
+    capacity: int
+    chosen: bool
+    why: str
+
+
+class RoutingDecision(_Payload):
+    """Why the router did what it did (invariant: every decision records why)."""
+
+    rule: str
+    team_id: str | None
+    candidates: list[Candidate] = Field(default_factory=list)
+    icp_version: int
+    score: float
+    grade: FitGrade
+
+
+class LeadAssignedV1(_Payload):
+    """A rep now owns the lead and a slot of their capacity is taken."""
+
+    lead_id: str
+    rep_id: str
+    rep_name: str
+    team_id: str
+    assigned_at: datetime
+    decision: RoutingDecision
+
+
+class LeadQueuedV1(_Payload):
+    """Nobody eligible has room: the lead waits in the team's backlog."""
+
+    lead_id: str
+    team_id: str
+    queued_at: datetime
+    decision: RoutingDecision
+
+
+class NurtureReason(StrEnum):
+    """Why a lead goes (back) to marketing's nurture programmes."""
+
+    LOW_FIT = "low_fit"
+    SALES_CAPACITY = "sales_capacity"
+    NO_BUDGET = "no_budget"
+    NO_TIMELINE = "no_timeline"
+    NO_AUTHORITY = "no_authority"
+    NO_NEED = "no_need"
+    UNREACHABLE = "unreachable"
+    OTHER = "other"
+
+
+class LeadNurtureRequestedV1(_Payload):
+    """Sales will not work this lead now; marketing should nurture it."""
+
+    lead_id: str
+    reason: NurtureReason
+    requalify_on: date | None = None
+    note: str | None = None
+    requested_at: datetime
+    requested_by: Literal["router", "feedback"]
+
+
+class LeadStatusChangedV1(_Payload):
+    """Sales moved the lead in its lifecycle."""
+
+    lead_id: str
+    from_status: LeadStatus | None
+    to_status: LeadStatus
+    rep_id: str | None
+    reason: str | None = None
+    note: str | None = None
+    actor: str | None = None
+    occurred_at: datetime
+    working: bool = Field(description="Whether the lead still occupies its owner's capacity.")
