@@ -43,7 +43,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install
-	$(VENV)/bin/mypy schemas/handoff_schemas runtime/handoff_runtime services/scorer/handoff_scorer services/router/handoff_router services/feedback/handoff_feedback
+	$(VENV)/bin/mypy -p handoff_schemas -p handoff_runtime -p handoff_scorer -p handoff_router -p handoff_feedback
 
 unit: install
 	$(PY) -m pytest tests/unit -q

@@ -6,6 +6,7 @@ files and the AsyncAPI document in `schemas/` are generated from this catalogue.
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
@@ -38,7 +39,7 @@ class EventType:
     """A versioned CloudEvents type and the payload model of its `data`."""
 
     type: str
-    model: type[BaseModel]
+    model: builtins.type[BaseModel]
     topics: tuple[str, ...]
     producers: tuple[str, ...]
     description: str = field(default="")
@@ -63,7 +64,7 @@ LEAD_ROUTING = Topic(
     "Routing outcomes: assigned to a rep, queued in a backlog, or sent to nurture.",
     partitions=3,
     producers=("router",),
-    consumers=("feedback", "CRM"),
+    consumers=("feedback", "CRM", "marketing automation"),
 )
 LEAD_STATUS = Topic(
     "handoff.lead.status",

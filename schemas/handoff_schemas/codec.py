@@ -16,7 +16,9 @@ class InvalidEvent(ValueError):
 
 def new_event(data: BaseModel, *, source: str, subject: str) -> CloudEvent[Any]:
     """Wrap a payload in an envelope of its catalogued type; `subject` is the lead id."""
-    return CloudEvent[Any](type=event_type_of(type(data)).type, source=source, subject=subject, data=data)
+    return CloudEvent[Any](
+        type=event_type_of(type(data)).type, source=source, subject=subject, data=data
+    )
 
 
 def encode(event: CloudEvent[Any]) -> bytes:
@@ -39,6 +41,9 @@ def decode(value: bytes | None) -> CloudEvent[Any]:
         data = entry.model.model_validate(raw.data)
     except ValidationError as exc:
         raise InvalidEvent(f"invalid {raw.type} data: {_first_error(exc)}") from exc
+    lead_id = getattr(data, "lead_id", None)
+    if lead_id is not None and lead_id != raw.subject:
+        raise InvalidEvent(f"subject {raw.subject!r} is not the lead id {lead_id!r}")
     return CloudEvent[Any](**{**raw.model_dump(exclude={"data"}), "data": data})
 
 

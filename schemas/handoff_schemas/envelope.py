@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 DataT = TypeVar("DataT", bound=BaseModel)
 
@@ -36,7 +36,12 @@ class CloudEvent(BaseModel, Generic[DataT]):
     data: DataT
 
 
-class RawCloudEvent(CloudEvent[Any]):  # type: ignore[type-var]
-    """An envelope whose data is not parsed yet (used to route by `type`)."""
+class RawCloudEvent(CloudEvent[Any]):
+    """An envelope as received, data not parsed yet (used to route by `type`).
 
+    Unlike a new envelope, nothing is defaulted: a received event without an id or a time
+    is invalid, since the id is what consumers deduplicate by."""
+
+    id: str = Field(min_length=1)
+    time: AwareDatetime
     data: dict[str, Any]

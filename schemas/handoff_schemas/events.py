@@ -57,7 +57,9 @@ class LeadProfile(_Payload):
     title: str | None = Field(default=None, max_length=200)
     industry: str | None = Field(default=None, max_length=100)
     employees: int | None = Field(default=None, ge=0, le=10_000_000)
-    country: str | None = Field(default=None, min_length=2, max_length=2, description="ISO 3166-1 alpha-2.")
+    country: str | None = Field(
+        default=None, min_length=2, max_length=2, description="ISO 3166-1 alpha-2."
+    )
     source: str | None = Field(default=None, max_length=100)
     campaign: str | None = Field(default=None, max_length=200)
     activities: list[Activity] = Field(default_factory=list, max_length=500)

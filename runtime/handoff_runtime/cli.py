@@ -1,0 +1,33 @@
+"""`python -m handoff_<service> serve|migrate`: the one way each service is started."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import uvicorn
+
+from .migrations import upgrade
+from .settings import ServiceSettings
+
+
+def main(service: str, settings_factory: Callable[[], ServiceSettings], app_factory: str) -> None:
+    """Parse the command line and serve the app or apply migrations."""
+    parser = argparse.ArgumentParser(prog=f"handoff-{service}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="serve the HTTP API and run the consumers and outbox relay")
+    sub.add_parser("migrate", help="apply database migrations and exit")
+    args = parser.parse_args()
+    settings = settings_factory()
+    if args.command == "migrate":
+        upgrade(service, settings.database_url)
+        return
+    uvicorn.run(
+        app_factory,
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=20,
+    )

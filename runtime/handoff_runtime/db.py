@@ -1,0 +1,117 @@
+"""The database engine and the unit of work that owns each transaction."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from handoff_schemas import CONTENT_TYPE, CloudEvent, encode, new_event
+
+from .tables import RuntimeTables
+
+
+def async_url(url: str) -> str:
+    """Turn any postgres URL into the asyncpg dialect URL SQLAlchemy needs."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    raise ValueError(f"not a PostgreSQL URL: {url.split('@')[-1]}")
+
+
+def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    """An asyncpg engine; JSON goes through orjson, the same encoder events use."""
+    return create_async_engine(
+        async_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        json_serializer=lambda v: orjson.dumps(v).decode(),
+        json_deserializer=orjson.loads,
+    )
+
+
+@dataclass
+class UnitOfWork:
+    """One transaction: the state changes and the events announcing them commit together.
+
+    Events are written to the service's outbox table in the same transaction, and the relay
+    publishes them after the commit. Services never commit; the boundary that opened the
+    unit of work (a route or a consumed batch) does.
+    """
+
+    session: AsyncSession
+    tables: RuntimeTables
+    source: str
+    staged: int = 0
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    async def publish(self, data: BaseModel, *, topic: str, subject: str) -> CloudEvent[Any]:
+        """Stage an event for `topic`, keyed by `subject` (the lead id)."""
+        event = new_event(data, source=self.source, subject=subject)
+        await self.stage_record(
+            topic=topic,
+            key=subject,
+            value=encode(event),
+            headers={"content-type": CONTENT_TYPE, "ce_type": event.type, "ce_id": event.id},
+            event_id=event.id,
+        )
+        return event
+
+    async def stage_record(
+        self,
+        *,
+        topic: str,
+        key: str | None,
+        value: bytes | None,
+        headers: dict[str, str],
+        event_id: str | None,
+    ) -> None:
+        """Stage a raw Kafka record (also used to dead-letter a message as it was)."""
+        await self.session.execute(
+            self.tables.outbox.insert().values(
+                event_id=event_id, topic=topic, key=key, value=value, headers=headers
+            )
+        )
+        self.staged += 1
+
+
+class Database:
+    """The service's engine, schema and outbox tables; hands out units of work."""
+
+    def __init__(self, url: str, *, schema: str, source: str, pool_size: int = 10) -> None:
+        self.engine = create_engine(url, pool_size=pool_size)
+        self.tables = RuntimeTables(schema)
+        self.source = source
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._committed_listeners: list[Callable[[], None]] = []
+
+    def on_events_committed(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after any commit that staged events (the relay's wake-up)."""
+        self._committed_listeners.append(listener)
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
+        """Open a transaction; commit on normal exit, roll back on an exception."""
+        async with self._sessions() as session, session.begin():
+            uow = UnitOfWork(session=session, tables=self.tables, source=self.source)
+            yield uow
+        if uow.staged:
+            for listener in self._committed_listeners:
+                listener()
+        for callback in uow.after_commit:
+            callback()
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()

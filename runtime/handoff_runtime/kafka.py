@@ -1,0 +1,127 @@
+"""Broker plumbing: producer and consumer factories, topic creation, and the broker epoch.
+
+Every broker call is bounded by a timeout: the embedded broker can vanish and come back
+empty, and a call that waits forever would hang shutdown (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Iterable
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from handoff_schemas import Topic
+
+log = structlog.get_logger(__name__)
+
+EPOCH_TOPIC = "handoff.broker-epoch"
+"""Its first record names the broker's incarnation; a new one means the log was lost."""
+
+
+def make_producer(bootstrap: str, *, client_id: str, timeout_s: float) -> AIOKafkaProducer:
+    """A producer that waits for all in-sync replicas. No idempotence: the embedded broker
+    refuses it, and exactly-once effects come from the outbox and idempotent consumers."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=5,
+        request_timeout_ms=int(timeout_s * 1000),
+        compression_type=None,
+    )
+
+
+def make_consumer(
+    bootstrap: str, *, group_id: str, client_id: str, fetch_max_wait_ms: int, max_records: int
+) -> AIOKafkaConsumer:
+    """A group consumer with manual commits, starting at the earliest offset when it has none."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=fetch_max_wait_ms,
+        max_poll_records=max_records,
+        isolation_level="read_uncommitted",
+    )
+
+
+async def ensure_topics(bootstrap: str, topics: Iterable[Topic], *, timeout_s: float = 30) -> None:
+    """Create the topics that do not exist yet, with their partitions and retention."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+    )
+    await asyncio.wait_for(admin.start(), timeout_s)
+    try:
+        existing = set(await asyncio.wait_for(admin.list_topics(), timeout_s))
+        missing = [
+            NewTopic(
+                name=t.name,
+                num_partitions=t.partitions,
+                replication_factor=1,
+                topic_configs={"retention.ms": str(t.retention_ms)},
+            )
+            for t in topics
+            if t.name not in existing
+        ]
+        if missing:
+            # another instance may have created them first
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await asyncio.wait_for(admin.create_topics(missing), timeout_s)
+            log.info("topics created", topics=[t.name for t in missing])
+    finally:
+        await admin.close()
+
+
+async def broker_epoch(bootstrap: str, *, timeout_s: float) -> str:
+    """The broker's incarnation: the first record of the epoch topic, written if absent.
+
+    Several services may race to write it on a fresh broker; all of them read back the
+    record at offset 0, so they agree on one epoch.
+    """
+    await ensure_topics(
+        bootstrap,
+        [Topic(EPOCH_TOPIC, "Broker incarnation marker.", 1, ("services",), ("services",))],
+        timeout_s=timeout_s,
+    )
+    epoch = await _first_record(bootstrap, timeout_s=1.0)
+    if epoch is None:
+        producer = make_producer(bootstrap, client_id="handoff-epoch", timeout_s=timeout_s)
+        await asyncio.wait_for(producer.start(), timeout_s)
+        try:
+            await asyncio.wait_for(
+                producer.send_and_wait(EPOCH_TOPIC, uuid.uuid4().hex.encode(), partition=0),
+                timeout_s,
+            )
+        finally:
+            await producer.stop()
+        epoch = await _first_record(bootstrap, timeout_s=timeout_s)
+    if epoch is None:
+        raise TimeoutError("could not read the broker epoch")
+    return epoch
+
+
+async def _first_record(bootstrap: str, *, timeout_s: float) -> str | None:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
+    )
+    await asyncio.wait_for(consumer.start(), timeout_s + 10)
+    try:
+        tp = TopicPartition(EPOCH_TOPIC, 0)
+        consumer.assign([tp])
+        consumer.seek(tp, 0)
+        batches = await consumer.getmany(tp, timeout_ms=int(timeout_s * 1000), max_records=1)
+        for record in batches.get(tp, []):
+            if record.offset == 0 and record.value:
+                return bytes(record.value).decode()
+        return None
+    finally:
+        await consumer.stop()

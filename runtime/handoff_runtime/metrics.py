@@ -1,0 +1,99 @@
+"""Prometheus metrics every service exposes at /metrics (one process, one registry)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+
+EVENTS_CONSUMED = Counter(
+    "handoff_events_consumed_total",
+    "Records consumed, by topic and outcome (processed, duplicate, ignored, dead_lettered).",
+    ["service", "topic", "outcome"],
+)
+EVENTS_PRODUCED = Counter(
+    "handoff_events_produced_total",
+    "Outbox records sent to the broker, by topic and outcome (published, failed).",
+    ["service", "topic", "outcome"],
+)
+EVENT_PROCESSING = Histogram(
+    "handoff_event_processing_seconds",
+    "Time to process one consumed record, retries included.",
+    ["service", "topic"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+BATCH_PROCESSING = Histogram(
+    "handoff_batch_processing_seconds",
+    "Time to process one consumed batch in one transaction, commit included.",
+    ["service"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+OUTBOX_BACKLOG = Gauge(
+    "handoff_outbox_backlog",
+    "Outbox rows committed but not yet acknowledged by the broker.",
+    ["service"],
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "handoff_outbox_oldest_age_seconds",
+    "Age of the oldest unpublished outbox row (0 when none).",
+    ["service"],
+)
+DEAD_LETTERED = Counter(
+    "handoff_dlq_messages_total",
+    "Messages sent to the dead-letter topic after bounded retries, by original topic.",
+    ["service", "topic"],
+)
+REDRIVES = Counter(
+    "handoff_outbox_redrives_total",
+    "Times the outbox was re-published because the broker had lost its log.",
+    ["service"],
+)
+HTTP_REQUESTS = Counter(
+    "handoff_http_requests_total",
+    "HTTP requests by route template, method and status code.",
+    ["service", "method", "route", "status"],
+)
+HTTP_DURATION = Histogram(
+    "handoff_http_request_duration_seconds",
+    "HTTP request duration by route template and method.",
+    ["service", "method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+def metrics_response() -> Response:
+    """The Prometheus text exposition of this process's metrics."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def http_metrics_middleware(
+    service: str,
+) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
+    """Count and time requests by route template, never by raw path (bounded labels)."""
+
+    async def middleware(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = _route_template(request)
+            HTTP_REQUESTS.labels(service, request.method, route, str(status)).inc()
+            HTTP_DURATION.labels(service, request.method, route).observe(
+                time.perf_counter() - started
+            )
+
+    return middleware
+
+
+def _route_template(request: Request) -> str:
+    """The matched route's path template (set by the router while handling the request)."""
+    route = request.scope.get("route")
+    return str(getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched")

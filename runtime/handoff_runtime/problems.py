@@ -1,0 +1,102 @@
+"""RFC 9457 problem+json errors: one renderer for every error a client can cause."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "https://handoff.dev/problems/"
+
+log = structlog.get_logger(__name__)
+
+
+class DomainError(Exception):
+    """An error a client can cause, with its HTTP status and a stable problem type."""
+
+    status: int = 400
+    type: str = "bad-request"
+    title: str = "Bad request"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class NotFound(DomainError):
+    """The resource named in the path does not exist."""
+
+    status = 404
+    type = "not-found"
+    title = "Not found"
+
+
+class Conflict(DomainError):
+    """The request conflicts with the resource's current state."""
+
+    status = 409
+    type = "conflict"
+    title = "Conflict"
+
+
+def problem(
+    status: int, type_: str, title: str, detail: str, instance: str, **extra: Any
+) -> JSONResponse:
+    """Build a problem+json response."""
+    body = {
+        "type": TYPE_BASE + type_,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Render validation errors, HTTP errors, domain errors and crashes as problem+json."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": _field_path(err["loc"]), "reason": err["msg"], "type": err["type"]}
+            for err in exc.errors()
+        ]
+        fields = ", ".join(e["field"] for e in errors[:5])
+        return problem(
+            422,
+            "validation-error",
+            "Request is not valid",
+            f"Invalid field(s): {fields}",
+            request.url.path,
+            errors=errors,
+        )
+
+    @app.exception_handler(DomainError)
+    async def domain_error(request: Request, exc: DomainError) -> JSONResponse:
+        return problem(exc.status, exc.type, exc.title, exc.detail, request.url.path, **exc.extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
+        return problem(
+            exc.status_code, f"http-{exc.status_code}", title, str(exc.detail), request.url.path
+        )
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", path=request.url.path)
+        return problem(
+            500, "internal-error", "Internal error", "The error was logged.", request.url.path
+        )

@@ -1,0 +1,228 @@
+"""The app factory every service uses: lifespan (database, producer, relay, consumers),
+health endpoints, metrics, problem+json errors and JSON logs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.dialects.postgresql import insert
+
+from handoff_schemas import DEAD_LETTER_TOPICS, TOPICS
+
+from .consumer import Consumer, ConsumerLoop, ConsumerSettings
+from .db import Database
+from .kafka import broker_epoch, ensure_topics, make_consumer, make_producer
+from .logs import configure_logging
+from .metrics import http_metrics_middleware, metrics_response
+from .problems import install_problem_handlers
+from .relay import OutboxRelay
+from .settings import ServiceSettings
+
+log = structlog.get_logger(__name__)
+
+
+class ServiceRuntime:
+    """Everything a running service holds: database, producer, relay and consumer loops."""
+
+    def __init__(self, settings: ServiceSettings, consumers: Sequence[Consumer]) -> None:
+        self.settings = settings
+        self.service = settings.service_name
+        self.db = Database(
+            settings.database_url,
+            schema=self.service,
+            source=f"/handoff/{self.service}",
+            pool_size=settings.db_pool_size,
+        )
+        self.consumers = consumers
+        self.producer: AIOKafkaProducer | None = None
+        self.relay: OutboxRelay | None = None
+        self._kafka_consumers: list[AIOKafkaConsumer] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Connect to the broker, re-drive the outbox if the broker lost its log, and start
+        the relay and the consumer loops."""
+        s = self.settings
+        await ensure_topics(
+            s.kafka_bootstrap_servers, [*TOPICS, *DEAD_LETTER_TOPICS], timeout_s=s.kafka_timeout_s
+        )
+        self.producer = make_producer(
+            s.kafka_bootstrap_servers,
+            client_id=f"handoff-{self.service}",
+            timeout_s=s.kafka_timeout_s,
+        )
+        await asyncio.wait_for(self.producer.start(), s.kafka_timeout_s)
+        self.relay = OutboxRelay(
+            self.db,
+            self.producer,
+            service=self.service,
+            batch_size=s.relay_batch_size,
+            poll_interval_s=s.relay_poll_interval_ms / 1000,
+            send_timeout_s=s.kafka_timeout_s,
+            retention=timedelta(hours=s.outbox_retention_hours),
+        )
+        await self.check_broker_epoch()
+        self._tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.service}-relay"))
+        for spec in self.consumers:
+            kafka = make_consumer(
+                s.kafka_bootstrap_servers,
+                group_id=f"handoff-{spec.group}",
+                client_id=f"handoff-{self.service}",
+                fetch_max_wait_ms=s.fetch_max_wait_ms,
+                max_records=s.consumer_max_records,
+            )
+            await asyncio.wait_for(kafka.start(), s.kafka_timeout_s)
+            self._kafka_consumers.append(kafka)
+            loop = ConsumerLoop(
+                spec,
+                kafka,
+                self.db,
+                ConsumerSettings(
+                    service=self.service,
+                    max_records=s.consumer_max_records,
+                    max_attempts=s.max_attempts,
+                    retry_backoff_s=s.retry_backoff_ms / 1000,
+                    commit_timeout_s=s.kafka_timeout_s,
+                ),
+            )
+            self._tasks.append(asyncio.create_task(loop.run(), name=f"{self.service}-{spec.group}"))
+        for task in self._tasks:
+            task.add_done_callback(_log_crash)
+
+    async def check_broker_epoch(self) -> None:
+        """Re-publish the retained outbox when the broker is not the one we last published to
+        (the embedded broker forgets everything on restart; consumers dedupe the repeats)."""
+        assert self.relay is not None
+        epoch = await broker_epoch(
+            self.settings.kafka_bootstrap_servers, timeout_s=self.settings.kafka_timeout_s
+        )
+        table = self.db.tables.broker_epoch
+        async with self.db.engine.begin() as conn:
+            known = await conn.scalar(
+                sa.select(table.c.epoch).where(table.c.id == 1).with_for_update()
+            )
+            await conn.execute(
+                insert(table)
+                .values(id=1, epoch=epoch)
+                .on_conflict_do_update(
+                    index_elements=[table.c.id], set_={"epoch": epoch, "seen_at": sa.func.now()}
+                )
+            )
+        if known is not None and known != epoch:
+            since = datetime.now(UTC) - timedelta(hours=self.settings.outbox_retention_hours)
+            await self.relay.redrive(since)
+
+    async def stop(self) -> None:
+        """Stop consuming, let the relay publish what is committed, then disconnect."""
+        relay_task = self._tasks[0] if self._tasks else None
+        for task in self._tasks[1:]:
+            task.cancel()
+        await asyncio.gather(*self._tasks[1:], return_exceptions=True)
+        for kafka in self._kafka_consumers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(kafka.stop(), self.settings.kafka_timeout_s)
+        if self.relay is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.relay.publish_pending(), self.settings.kafka_timeout_s)
+        if relay_task is not None:
+            relay_task.cancel()
+            await asyncio.gather(relay_task, return_exceptions=True)
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.producer.stop(), self.settings.kafka_timeout_s)
+        await self.db.dispose()
+
+    async def readiness(self) -> dict[str, str]:
+        """Which dependencies answer: 'ok' or the error, per dependency."""
+        checks: dict[str, str] = {}
+        try:
+            async with self.db.engine.connect() as conn:
+                await asyncio.wait_for(conn.execute(sa.text("SELECT 1")), 2)
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        try:
+            assert self.producer is not None, "not started"
+            await asyncio.wait_for(self.producer.client.fetch_all_metadata(), 2)
+            checks["broker"] = "ok"
+        except Exception as exc:
+            checks["broker"] = f"unreachable: {type(exc).__name__}"
+        crashed = [t.get_name() for t in self._tasks if t.done()]
+        checks["workers"] = "ok" if not crashed else f"stopped: {', '.join(crashed)}"
+        return checks
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task crashed", task=task.get_name(), error=repr(task.exception()))
+
+
+def create_service_app(
+    settings: ServiceSettings,
+    *,
+    title: str,
+    description: str,
+    routers: Sequence[APIRouter],
+    consumers: Sequence[Consumer] = (),
+    version: str = "0.1.0",
+) -> FastAPI:
+    """Build a service's FastAPI app with the shared lifespan and operations endpoints."""
+    configure_logging(settings.service_name, settings.log_level)
+    runtime = ServiceRuntime(settings, consumers)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        log.info("service started", port=settings.port)
+        try:
+            yield
+        finally:
+            await runtime.stop()
+            log.info("service stopped")
+
+    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    app.state.runtime = runtime
+    app.middleware("http")(http_metrics_middleware(settings.service_name))
+    install_problem_handlers(app)
+
+    ops = APIRouter(tags=["operations"])
+
+    @ops.get("/healthz", summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": settings.service_name}
+
+    @ops.get("/readyz", summary="Database and broker reachable", responses={503: {}})
+    async def readyz() -> JSONResponse:
+        checks = await runtime.readiness()
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @ops.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics() -> Response:
+        return metrics_response()
+
+    app.include_router(ops)
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+def runtime_of(request: Request) -> Any:
+    """The ServiceRuntime of the app serving `request` (for route dependencies)."""
+    return request.app.state.runtime
+
+
+def database(request: Request) -> Database:
+    """Route dependency: the service's database (routes open their own unit of work)."""
+    db: Database = request.app.state.runtime.db
+    return db

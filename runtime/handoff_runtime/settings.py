@@ -1,0 +1,64 @@
+"""Configuration shared by every service, read from environment variables.
+
+`DATABASE_URL` and `KAFKA_BOOTSTRAP_SERVERS` are shared by all services and carry no prefix;
+everything else is prefixed per service (`HANDOFF_SCORER_`, `HANDOFF_ROUTER_`, ...).
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service has. Subclasses set `service_name` and their env prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="HANDOFF_", extra="ignore")
+
+    service_name: str = Field(default="handoff", exclude=True)
+
+    database_url: str = Field(
+        default="postgresql://postgres@localhost:5432/handoff",
+        validation_alias=AliasChoices("DATABASE_URL"),
+        description="PostgreSQL URL; the service uses its own schema inside it.",
+    )
+    kafka_bootstrap_servers: str = Field(
+        default="localhost:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS"),
+        description="Comma-separated Kafka bootstrap servers.",
+    )
+    host: str = Field(default="127.0.0.1", description="HTTP bind address.")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
+    log_level: str = Field(default="INFO", description="Log level of the JSON logs.")
+
+    db_pool_size: int = Field(default=10, ge=1, description="Connections in the DB pool.")
+    kafka_timeout_s: float = Field(
+        default=10.0, gt=0, description="Upper bound on any single broker call."
+    )
+    fetch_max_wait_ms: int = Field(
+        default=50,
+        ge=1,
+        description="How long a fetch waits for data. The embedded broker does not wake a "
+        "waiting fetch, so this is also the floor on consume latency.",
+    )
+    consumer_max_records: int = Field(
+        default=500, ge=1, description="Records per consumed batch (one transaction each)."
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="Attempts at one message before it is dead-lettered."
+    )
+    retry_backoff_ms: int = Field(
+        default=100, ge=0, description="First retry delay; doubles with each attempt."
+    )
+    relay_batch_size: int = Field(default=500, ge=1, description="Outbox rows per publish.")
+    relay_poll_interval_ms: int = Field(
+        default=500,
+        ge=10,
+        description="Outbox poll interval; commits in this process wake the relay at once.",
+    )
+    outbox_retention_hours: float = Field(
+        default=168,
+        gt=0,
+        description="How long published outbox rows are kept, to re-drive a broker that lost "
+        "its log.",
+    )

@@ -1,0 +1,29 @@
+"""What the router consumes: scored leads to route, and status changes that free capacity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from handoff_runtime.consumer import Consumer
+from handoff_runtime.db import UnitOfWork
+from handoff_schemas import LEAD_SCORED, LEAD_STATUS, CloudEvent, LeadScoredV1, LeadStatusChangedV1
+
+from . import service
+from .settings import RouterSettings
+
+
+def routing_consumer(settings: RouterSettings) -> Consumer:
+    """The router's consumer group, its handlers bound to this process's settings."""
+    consumer = Consumer(group="router")
+
+    @consumer.handles(LeadScoredV1)
+    async def route_lead(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        await service.route_scored_lead(uow, event.data, nurture_from=settings.nurture_from_grade)
+
+    @consumer.handles(LeadStatusChangedV1)
+    async def release_capacity(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        await service.release_lead(uow, event.data)
+
+    # nurture requests also travel on lead.status; the router has nothing to do with them
+    consumer.subscribe_to(LEAD_SCORED.name, LEAD_STATUS.name)
+    return consumer

@@ -1,0 +1,117 @@
+"""The router's tables (schema `router`): teams, reps, assignments, backlog, decisions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+SCHEMA = "router"
+TS = sa.DateTime(timezone=True)
+
+
+class Team(SQLModel, table=True):
+    """A sales team; leads are routed to the default team until routing rules exist."""
+
+    __tablename__ = "teams"
+    __table_args__ = {"schema": SCHEMA}
+
+    id: str = Field(primary_key=True, max_length=64)
+    name: str
+    is_default: bool = False
+    created_at: datetime = Field(sa_type=TS)
+
+
+class Rep(SQLModel, table=True):
+    """A sales rep and their capacity: how many working leads they can hold at once.
+
+    `working` is the count of their active assignments, kept in the same transactions
+    that create and end assignments, under the team's routing lock."""
+
+    __tablename__ = "reps"
+    __table_args__ = {"schema": SCHEMA}
+
+    id: str = Field(primary_key=True, max_length=64)
+    team_id: str = Field(foreign_key=f"{SCHEMA}.teams.id", index=True)
+    name: str
+    email: str
+    capacity: int
+    working: int = 0
+    active: bool = True
+    weight: float = 1.0
+    last_assigned_at: datetime | None = Field(default=None, sa_type=TS)
+    created_at: datetime = Field(sa_type=TS)
+
+
+class Assignment(SQLModel, table=True):
+    """A rep owning a lead. At most one active assignment per lead (partial unique index)."""
+
+    __tablename__ = "assignments"
+    __table_args__ = (
+        sa.Index(
+            "one_active_owner_per_lead",
+            "lead_id",
+            unique=True,
+            postgresql_where=sa.text("active"),
+        ),
+        {"schema": SCHEMA},
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: str = Field(index=True)
+    rep_id: str = Field(foreign_key=f"{SCHEMA}.reps.id", index=True)
+    team_id: str
+    active: bool = True
+    assigned_at: datetime = Field(sa_type=TS)
+    released_at: datetime | None = Field(default=None, sa_type=TS)
+    release_reason: str | None = None
+
+
+class RoutedLead(SQLModel, table=True):
+    """Where each lead the router has seen stands: assigned, queued, nurture or released."""
+
+    __tablename__ = "routed_leads"
+    __table_args__ = {"schema": SCHEMA}
+
+    lead_id: str = Field(primary_key=True, max_length=64)
+    state: str
+    team_id: str | None = None
+    rep_id: str | None = None
+    grade: str
+    score: float
+    icp_version: int
+    received_at: datetime = Field(sa_type=TS)
+    updated_at: datetime = Field(sa_type=TS)
+
+
+class BacklogEntry(SQLModel, table=True):
+    """A lead waiting for room in a team, with the scored event needed to route it later."""
+
+    __tablename__ = "backlog"
+    __table_args__ = (
+        sa.Index("backlog_priority", "team_id", "grade", sa.text("score DESC"), "queued_at"),
+        {"schema": SCHEMA},
+    )
+
+    lead_id: str = Field(primary_key=True, max_length=64)
+    team_id: str = Field(foreign_key=f"{SCHEMA}.teams.id")
+    grade: str
+    score: float
+    queued_at: datetime = Field(sa_type=TS)
+    scored: dict[str, Any] = Field(sa_column=sa.Column(JSONB, nullable=False))
+
+
+class Decision(SQLModel, table=True):
+    """Why the router did what it did with a lead, each time it decided."""
+
+    __tablename__ = "decisions"
+    __table_args__ = {"schema": SCHEMA}
+
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: str = Field(index=True)
+    outcome: str
+    decided_at: datetime = Field(sa_type=TS)
+    decision: dict[str, Any] = Field(sa_column=sa.Column(JSONB, nullable=False))

@@ -1,0 +1,127 @@
+"""All of the router's SQL."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from .models import Assignment, BacklogEntry, Decision, Rep, RoutedLead, Team
+
+
+class RouterRepository:
+    """Reads and writes teams, reps, assignments, the backlog and decisions in one session."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    def add(self, row: Any) -> None:
+        """Stage a new row in the transaction."""
+        self.session.add(row)
+
+    async def flush(self) -> None:
+        """Send staged changes to the database now."""
+        await self.session.flush()
+
+    async def lock_team(self, team_id: str) -> None:
+        """Serialize every routing change of one team until the transaction ends, whichever
+        router instance makes it: capacity checks and backlog drains then see each other."""
+        key = zlib.crc32(f"handoff-router-team:{team_id}".encode())
+        await self.session.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+
+    async def teams(self) -> Sequence[Team]:
+        """Every team, oldest first."""
+        query = select(Team).order_by(col(Team.created_at), col(Team.id))
+        return (await self.session.execute(query)).scalars().all()
+
+    async def team(self, team_id: str) -> Team | None:
+        """One team by id."""
+        return await self.session.get(Team, team_id)
+
+    async def default_team(self) -> Team | None:
+        """The team leads go to when no rule picks another."""
+        query = select(Team).order_by(col(Team.is_default).desc(), col(Team.created_at)).limit(1)
+        return (await self.session.execute(query)).scalars().first()
+
+    async def reps(self, team_id: str | None = None, *, for_update: bool = False) -> Sequence[Rep]:
+        """Reps (of one team, or all), freshly read; locked when `for_update`."""
+        query = select(Rep).order_by(col(Rep.team_id), col(Rep.id))
+        if team_id is not None:
+            query = query.where(Rep.team_id == team_id)
+        if for_update:
+            query = query.with_for_update()
+        result = await self.session.execute(query.execution_options(populate_existing=True))
+        return result.scalars().all()
+
+    async def rep(self, rep_id: str, *, for_update: bool = False) -> Rep | None:
+        """One rep by id, freshly read."""
+        return await self.session.get(
+            Rep, rep_id, with_for_update=for_update, populate_existing=True
+        )
+
+    async def routed_lead(self, lead_id: str) -> RoutedLead | None:
+        """Where a lead stands with the router, if it has seen it."""
+        return await self.session.get(RoutedLead, lead_id, populate_existing=True)
+
+    async def active_assignment(
+        self, lead_id: str, *, for_update: bool = False
+    ) -> Assignment | None:
+        """The lead's current owner, if any."""
+        query = select(Assignment).where(Assignment.lead_id == lead_id, col(Assignment.active))
+        if for_update:
+            query = query.with_for_update()
+        result = await self.session.execute(query.execution_options(populate_existing=True))
+        return result.scalars().first()
+
+    async def next_in_backlog(self, team_id: str) -> BacklogEntry | None:
+        """The queued lead of a team that goes first: best grade, highest score, oldest."""
+        query = (
+            select(BacklogEntry)
+            .where(BacklogEntry.team_id == team_id)
+            .order_by(
+                col(BacklogEntry.grade), col(BacklogEntry.score).desc(), col(BacklogEntry.queued_at)
+            )
+            .limit(1)
+        )
+        return (await self.session.execute(query)).scalars().first()
+
+    async def backlog_entry(self, lead_id: str) -> BacklogEntry | None:
+        """A lead's place in the backlog, if it is queued."""
+        return await self.session.get(BacklogEntry, lead_id)
+
+    async def remove_from_backlog(self, entry: BacklogEntry) -> None:
+        """Take a lead out of the backlog."""
+        await self.session.delete(entry)
+
+    async def backlog(self, team_id: str | None = None) -> Sequence[BacklogEntry]:
+        """The backlog in the order it drains."""
+        query = select(BacklogEntry).order_by(
+            col(BacklogEntry.team_id),
+            col(BacklogEntry.grade),
+            col(BacklogEntry.score).desc(),
+            col(BacklogEntry.queued_at),
+        )
+        if team_id is not None:
+            query = query.where(BacklogEntry.team_id == team_id)
+        return (await self.session.execute(query)).scalars().all()
+
+    async def backlog_stats(self) -> dict[str, tuple[int, datetime | None]]:
+        """Per team: how many leads wait and since when the oldest has waited."""
+        query = sa.select(
+            col(BacklogEntry.team_id), sa.func.count(), sa.func.min(col(BacklogEntry.queued_at))
+        ).group_by(col(BacklogEntry.team_id))
+        return {team: (n, oldest) for team, n, oldest in (await self.session.execute(query)).all()}
+
+    async def decisions(self, lead_id: str) -> Sequence[Decision]:
+        """Every routing decision about a lead, oldest first."""
+        query = (
+            select(Decision)
+            .where(Decision.lead_id == lead_id)
+            .order_by(col(Decision.decided_at), col(Decision.id))
+        )
+        return (await self.session.execute(query)).scalars().all()

@@ -1,0 +1,5 @@
+"""Alembic environment of the scorer (schema `scorer`)."""
+
+from handoff_runtime.migrations import run_migrations
+
+run_migrations()

@@ -1,0 +1,58 @@
+"""The scorer's tables (schema `scorer`): leads as received, their scores, ICP versions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+SCHEMA = "scorer"
+
+
+class Lead(SQLModel, table=True):
+    """A lead as received from marketing, with its latest score."""
+
+    __tablename__ = "leads"
+    __table_args__ = {"schema": SCHEMA}
+
+    id: str = Field(primary_key=True, max_length=64)
+    email: str = Field(index=True)
+    profile: dict[str, Any] = Field(sa_column=sa.Column(JSONB, nullable=False))
+    received_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
+    status: str = Field(default="received", description="received | scored")
+    score: float | None = None
+    grade: str | None = None
+    engagement_level: int | None = None
+    icp_version: int | None = None
+    scored_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+
+
+class LeadScore(SQLModel, table=True):
+    """One scoring of a lead against one ICP version, with its explanation."""
+
+    __tablename__ = "lead_scores"
+    __table_args__ = {"schema": SCHEMA}
+
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: str = Field(foreign_key=f"{SCHEMA}.leads.id", index=True)
+    icp_version: int
+    score: float
+    grade: str
+    engagement_level: int
+    contributions: list[dict[str, Any]] = Field(sa_column=sa.Column(JSONB, nullable=False))
+    disqualifiers: list[str] = Field(sa_column=sa.Column(JSONB, nullable=False))
+    scored_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
+
+
+class IcpVersion(SQLModel, table=True):
+    """A published version of the ideal customer profile; the highest version is current."""
+
+    __tablename__ = "icp_versions"
+    __table_args__ = {"schema": SCHEMA}
+
+    version: int = Field(primary_key=True)
+    document: dict[str, Any] = Field(sa_column=sa.Column(JSONB, nullable=False))
+    published_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
