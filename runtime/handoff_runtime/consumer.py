@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from pydantic import BaseModel
 from sqlalchemy.dialects.postgresql import insert
@@ -96,10 +96,11 @@ class ConsumerLoop:
         self.db = db
         self.settings = settings
         self.dlq_topic = dead_letter_topic(settings.service).name
+        self.joined = False
 
     async def run(self) -> None:
         """Consume until cancelled. A failed batch is rolled back and consumed again."""
-        self.kafka.subscribe(sorted(self.spec.topics))
+        self.kafka.subscribe(sorted(self.spec.topics), listener=_JoinListener(self))
         while True:
             batches = await self.kafka.getmany(
                 timeout_ms=1000, max_records=self.settings.max_records
@@ -233,6 +234,21 @@ class ConsumerLoop:
         except Exception as exc:
             # Safe: the effects are committed and recorded; a re-delivery is skipped.
             log.warning("offset commit failed; records may be re-delivered", error=repr(exc))
+
+
+class _JoinListener(ConsumerRebalanceListener):
+    """Marks the loop as joined once the group gave it an assignment (even an empty one)."""
+
+    def __init__(self, loop: ConsumerLoop) -> None:
+        self.loop = loop
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Nothing to flush: offsets are committed after every batch."""
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """The group has admitted this member."""
+        self.loop.joined = True
+        log.info("consumer group joined", group=self.loop.spec.group, partitions=len(assigned))
 
 
 def _event_key(value: bytes | None) -> str:

@@ -5,9 +5,19 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from starlette.requests import Request
 from starlette.responses import Response
+
+# `_created` series double the exposition for no use in dashboards or alerts.
+disable_created_metrics()
 
 EVENTS_CONSUMED = Counter(
     "handoff_events_consumed_total",

@@ -47,6 +47,7 @@ class ServiceRuntime:
         self.producer: AIOKafkaProducer | None = None
         self.relay: OutboxRelay | None = None
         self._kafka_consumers: list[AIOKafkaConsumer] = []
+        self._loops: list[ConsumerLoop] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -95,6 +96,7 @@ class ServiceRuntime:
                     commit_timeout_s=s.kafka_timeout_s,
                 ),
             )
+            self._loops.append(loop)
             self._tasks.append(asyncio.create_task(loop.run(), name=f"{self.service}-{spec.group}"))
         for task in self._tasks:
             task.add_done_callback(_log_crash)
@@ -159,6 +161,8 @@ class ServiceRuntime:
             checks["broker"] = f"unreachable: {type(exc).__name__}"
         crashed = [t.get_name() for t in self._tasks if t.done()]
         checks["workers"] = "ok" if not crashed else f"stopped: {', '.join(crashed)}"
+        waiting = [loop.spec.group for loop in self._loops if not loop.joined]
+        checks["consumers"] = "ok" if not waiting else f"joining group: {', '.join(waiting)}"
         return checks
 
 
