@@ -70,7 +70,13 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"field": _field_path(err["loc"]), "reason": err["msg"], "type": err["type"]}
+            {
+                # a JSON syntax error's location ends in a character position, not a field
+                "field": "body" if err["type"] == "json_invalid" else _field_path(err["loc"]),
+                "reason": err["msg"]
+                + (f" (at position {err['loc'][-1]})" if err["type"] == "json_invalid" else ""),
+                "type": err["type"],
+            }
             for err in exc.errors()
         ]
         fields = ", ".join(e["field"] for e in errors[:5])

@@ -1,0 +1,219 @@
+"""End to end: the three services as processes, driven only through HTTP, with what they
+publish read back from Kafka by an independent consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from support.infra import Infra
+from support.kafka import read_topic
+from support.system import System, running_system
+
+from handoff_schemas import LEAD_CREATED, LEAD_ROUTING, LEAD_STATUS, decode
+from handoff_scorer.scoring import load_demo_icp
+
+pytestmark = pytest.mark.e2e
+
+RECENT = (datetime.now(UTC) - timedelta(days=2)).isoformat()
+
+
+def ideal_lead(email: str, *, employees: int = 250, activities: int = 2) -> dict[str, Any]:
+    """A lead the demo ICP grades A; fewer activities or employees lower its score."""
+    return {
+        "email": email,
+        "name": "Katrin Vogel",
+        "company": "Nordwerk Software",
+        "domain": "nordwerk.de",
+        "title": "VP Engineering",
+        "industry": "Software",
+        "employees": employees,
+        "country": "DE",
+        "source": "hubspot",
+        "campaign": "webinar-2026-11",
+        "activities": [{"type": "demo_requested", "occurred_at": RECENT}] * activities,
+    }
+
+
+@pytest.fixture(scope="module")
+def system(infra: Infra) -> Iterator[System]:
+    with running_system(infra) as running:
+        icp = httpx.post(f"{running.scorer}/v1/icp", json=load_demo_icp().model_dump(mode="json"))
+        assert icp.status_code == 201, icp.text
+        yield running
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def team(system: System) -> dict[str, Any]:
+    """One team (the default) with two reps holding one working lead each."""
+    created = httpx.post(f"{system.router}/v1/teams", json={"name": "Inbound EMEA"})
+    assert created.status_code == 201, created.text
+    reps = [
+        httpx.post(
+            f"{system.router}/v1/reps",
+            json={
+                "team_id": created.json()["id"],
+                "name": n,
+                "email": f"{n}@handoff.dev",
+                "capacity": 1,
+            },
+        ).json()
+        for n in ("maria", "jonas")
+    ]
+    return {**created.json(), "reps": reps}
+
+
+async def post_lead(http: httpx.AsyncClient, system: System, body: dict[str, Any]) -> str:
+    answer = await http.post(f"{system.scorer}/v1/leads", json=body)
+    assert answer.status_code == 202, answer.text
+    return str(answer.json()["lead_id"])
+
+
+async def routing_event(
+    system: System, lead_id: str, event_type: str, timeout_s: float = 20
+) -> Any:
+    """The first event of `event_type` about `lead_id` on the routing topic."""
+    records = await read_topic(
+        system.bootstrap,
+        LEAD_ROUTING.name,
+        until=1,
+        timeout_s=timeout_s,
+        where=lambda r: r.key == lead_id.encode() and decode(r.value).type == event_type,
+    )
+    assert records, f"no {event_type} for {lead_id} within {timeout_s}s"
+    return decode(records[0].value)
+
+
+async def wait_for(check: Any, timeout_s: float = 20) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await check()
+        if result or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.1)
+
+
+async def test_bad_input_gets_422_naming_the_field_and_nothing_is_published(
+    system: System, http: httpx.AsyncClient
+) -> None:
+    before = len(await read_topic(system.bootstrap, LEAD_CREATED.name, timeout_s=1))
+    malformed = await http.post(
+        f"{system.scorer}/v1/leads",
+        content=b'{"email": "a@b.io", ',
+        headers={"content-type": "application/json"},
+    )
+    missing_email = await http.post(f"{system.scorer}/v1/leads", json={"name": "No Email"})
+    wrong_type = await http.post(
+        f"{system.scorer}/v1/leads", json={"email": "x@acme.io", "employees": "lots"}
+    )
+    for answer, field in (
+        (malformed, "body"),
+        (missing_email, "body.email"),
+        (wrong_type, "body.employees"),
+    ):
+        assert answer.status_code == 422
+        assert answer.headers["content-type"] == "application/problem+json"
+        problem = answer.json()
+        assert problem["status"] == 422
+        assert problem["type"].endswith("/validation-error")
+        assert field in [e["field"] for e in problem["errors"]], problem
+    after = len(await read_topic(system.bootstrap, LEAD_CREATED.name, timeout_s=1))
+    assert after == before
+
+
+async def test_low_fit_lead_goes_to_nurture_not_to_sales(
+    system: System, team: dict[str, Any], http: httpx.AsyncClient
+) -> None:
+    lead_id = await post_lead(
+        http, system, {"email": "someone@gmail.com", "title": "Student", "country": "BR"}
+    )
+    event = await routing_event(system, lead_id, "handoff.lead.nurture_requested.v1")
+    assert event.data.reason == "low_fit"
+    routing = (await http.get(f"{system.router}/v1/leads/{lead_id}/routing")).json()
+    assert routing["state"] == "nurture"
+    assert routing["rep_id"] is None
+
+
+async def test_capacity_is_never_exceeded_and_a_release_assigns_the_best_queued_lead(
+    system: System, team: dict[str, Any], http: httpx.AsyncClient
+) -> None:
+    # Two reps with one slot each: the first two leads are assigned, one to each rep.
+    first = await post_lead(http, system, ideal_lead("first@nordwerk.de"))
+    assigned = await routing_event(system, first, "handoff.lead.assigned.v1")
+    second = await post_lead(http, system, ideal_lead("second@nordwerk.de"))
+    assigned_second = await routing_event(system, second, "handoff.lead.assigned.v1")
+    assert {assigned.data.rep_id, assigned_second.data.rep_id} == {r["id"] for r in team["reps"]}
+
+    # The score travels with the assignment and is explained at the scorer.
+    lead = (await http.get(f"{system.scorer}/v1/leads/{first}")).json()
+    assert lead["score"]["grade"] == "A"
+    assert assigned.data.decision.score == lead["score"]["score"]
+    criteria = {c["criterion"] for c in lead["score"]["contributions"]}
+    assert {"industries", "employees", "countries", "titles"} <= criteria
+
+    # Everyone is full: the next leads wait, best fit first.
+    weaker = await post_lead(http, system, ideal_lead("weaker@nordwerk.de", employees=30))
+    best = await post_lead(http, system, ideal_lead("best@nordwerk.de"))
+    for queued in (weaker, best):
+        event = await routing_event(system, queued, "handoff.lead.queued.v1")
+        assert all(c.working == c.capacity for c in event.data.decision.candidates)
+    reps = (await http.get(f"{system.router}/v1/reps")).json()
+    assert all(r["working"] <= r["capacity"] for r in reps)
+    assert sum(r["working"] for r in reps) == 2
+    backlog = (await http.get(f"{system.router}/v1/backlog")).json()
+    assert [b["lead_id"] for b in backlog] == [best, weaker]
+
+    # Sales works the first lead, then drops it: the slot goes to the best queued lead.
+    for change in ({"status": "contacted"}, {"status": "disqualified", "reason": "no_budget"}):
+        answer = await http.post(
+            f"{system.feedback}/v1/leads/{first}/status", json={**change, "actor": "crm"}
+        )
+        assert answer.status_code == 200, answer.text
+    drained = await routing_event(system, best, "handoff.lead.assigned.v1")
+    assert drained.data.rep_id == assigned.data.rep_id
+    assert drained.data.decision.rule == "backlog_drain"
+    backlog = (await http.get(f"{system.router}/v1/backlog")).json()
+    assert [b["lead_id"] for b in backlog] == [weaker]
+    reps = (await http.get(f"{system.router}/v1/reps")).json()
+    assert all(r["working"] == r["capacity"] == 1 for r in reps)
+
+    # Marketing hears why, with a date to re-qualify.
+    status_events = [
+        decode(r.value)
+        for r in await read_topic(
+            system.bootstrap, LEAD_STATUS.name, until=3, where=lambda r: r.key == first.encode()
+        )
+    ]
+    assert [e.type for e in status_events] == [
+        "handoff.lead.status_changed.v1",
+        "handoff.lead.status_changed.v1",
+        "handoff.lead.nurture_requested.v1",
+    ]
+    assert status_events[2].data.reason == "no_budget"
+    assert status_events[2].data.requalify_on > datetime.now(UTC).date()
+
+    # Feedback knows the whole story of the first lead.
+    async def best_is_assigned() -> bool:
+        answer = await http.get(f"{system.feedback}/v1/leads/{best}/history")
+        return bool(answer.json().get("status") == "assigned")
+
+    assert await wait_for(best_is_assigned)
+    story = (await http.get(f"{system.feedback}/v1/leads/{first}/history")).json()
+    assert [h["to_status"] for h in story["history"]] == ["assigned", "contacted", "disqualified"]
+    assert story["history"][2]["reason"] == "no_budget"
+
+    # A move the lifecycle does not allow is refused with what is allowed.
+    refused = await http.post(f"{system.feedback}/v1/leads/{first}/status", json={"status": "won"})
+    assert refused.status_code == 409
+    assert refused.json()["allowed"] == []
