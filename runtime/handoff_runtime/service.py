@@ -81,6 +81,7 @@ class ServiceRuntime:
                 client_id=f"handoff-{self.service}",
                 fetch_max_wait_ms=s.fetch_max_wait_ms,
                 max_records=s.consumer_max_records,
+                session_timeout_ms=s.consumer_session_timeout_ms,
             )
             await asyncio.wait_for(kafka.start(), s.kafka_timeout_s)
             self._kafka_consumers.append(kafka)

@@ -44,6 +44,11 @@ class ServiceSettings(BaseSettings):
     consumer_max_records: int = Field(
         default=500, ge=1, description="Records per consumed batch (one transaction each)."
     )
+    consumer_session_timeout_ms: int = Field(
+        default=6000,
+        ge=1000,
+        description="Consumer group session timeout: how soon a dead member's partitions move.",
+    )
     max_attempts: int = Field(
         default=3, ge=1, description="Attempts at one message before it is dead-lettered."
     )
