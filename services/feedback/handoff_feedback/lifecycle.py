@@ -1,6 +1,7 @@
 """The lead lifecycle as sales reports it, as pure rules.
 
 assigned -> accepted -> contacted -> qualified -> converted -> won | lost.
+A rep may report first contact without accepting first (assigned -> contacted).
 A working lead (assigned, accepted, contacted) can also be disqualified or recycled to
 marketing; a qualified lead can be lost. Won, lost, disqualified and recycled are final
 for sales. Disqualifying or recycling needs a reason; some reasons are worth nurturing,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from fractions import Fraction
 
 from handoff_schemas import Candidate, FitGrade
 
@@ -36,9 +37,12 @@ class RepLoad:
         return self.active and self.working < self.capacity
 
     @property
-    def load(self) -> float:
-        """Share of capacity in use, scaled down by weight."""
-        return self.working / self.capacity / self.weight if self.capacity > 0 else float("inf")
+    def load(self) -> Fraction:
+        """Share of capacity in use, scaled down by weight. Exact, so equal loads tie: with
+        floats, 3/5/1.5 comes out below 2/5 and would win a tie it should share."""
+        if self.capacity <= 0:
+            return Fraction(10**9)
+        return Fraction(self.working, self.capacity) / Fraction(str(self.weight))
 
 
 def choose_rep(reps: Sequence[RepLoad]) -> tuple[RepLoad | None, list[Candidate]]:
