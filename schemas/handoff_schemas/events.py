@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field
 
 
 class _Payload(BaseModel):
@@ -44,7 +44,7 @@ class Activity(_Payload):
     """One engagement signal from marketing automation (form fill, webinar, pricing visit...)."""
 
     type: str = Field(min_length=1, max_length=64, examples=["webinar_attended"])
-    occurred_at: datetime
+    occurred_at: AwareDatetime
 
 
 class LeadProfile(_Payload):
@@ -69,7 +69,7 @@ class LeadCreatedV1(_Payload):
     """A lead entered Handoff (webhook intake or a producer writing to the topic)."""
 
     lead_id: str = Field(min_length=1, max_length=64)
-    received_at: datetime
+    received_at: AwareDatetime
     lead: LeadProfile
 
 
@@ -85,15 +85,15 @@ class Contribution(_Payload):
 class LeadScoredV1(_Payload):
     """A lead was scored against an ICP version; carries the profile the router needs."""
 
-    lead_id: str
+    lead_id: str = Field(min_length=1, max_length=64)
     icp_version: int = Field(ge=1)
     score: float = Field(ge=0, le=100)
     grade: FitGrade
     engagement_level: int = Field(ge=1, le=4, description="1 = hot ... 4 = cold.")
     contributions: list[Contribution]
     disqualifiers: list[str] = Field(default_factory=list)
-    scored_at: datetime
-    received_at: datetime
+    scored_at: AwareDatetime
+    received_at: AwareDatetime
     lead: LeadProfile
 
 
@@ -101,8 +101,8 @@ class Candidate(_Payload):
     """A rep the router considered, with the load it saw."""
 
     rep_id: str
-    working: int
-    capacity: int
+    working: int = Field(ge=0)
+    capacity: int = Field(ge=0)
     chosen: bool
     why: str
 
@@ -121,20 +121,20 @@ class RoutingDecision(_Payload):
 class LeadAssignedV1(_Payload):
     """A rep now owns the lead and a slot of their capacity is taken."""
 
-    lead_id: str
+    lead_id: str = Field(min_length=1, max_length=64)
     rep_id: str
     rep_name: str
     team_id: str
-    assigned_at: datetime
+    assigned_at: AwareDatetime
     decision: RoutingDecision
 
 
 class LeadQueuedV1(_Payload):
     """Nobody eligible has room: the lead waits in the team's backlog."""
 
-    lead_id: str
+    lead_id: str = Field(min_length=1, max_length=64)
     team_id: str
-    queued_at: datetime
+    queued_at: AwareDatetime
     decision: RoutingDecision
 
 
@@ -154,23 +154,23 @@ class NurtureReason(StrEnum):
 class LeadNurtureRequestedV1(_Payload):
     """Sales will not work this lead now; marketing should nurture it."""
 
-    lead_id: str
+    lead_id: str = Field(min_length=1, max_length=64)
     reason: NurtureReason
     requalify_on: date | None = None
     note: str | None = None
-    requested_at: datetime
+    requested_at: AwareDatetime
     requested_by: Literal["router", "feedback"]
 
 
 class LeadStatusChangedV1(_Payload):
     """Sales moved the lead in its lifecycle."""
 
-    lead_id: str
+    lead_id: str = Field(min_length=1, max_length=64)
     from_status: LeadStatus | None
     to_status: LeadStatus
     rep_id: str | None
     reason: str | None = None
     note: str | None = None
     actor: str | None = None
-    occurred_at: datetime
+    occurred_at: AwareDatetime
     working: bool = Field(description="Whether the lead still occupies its owner's capacity.")

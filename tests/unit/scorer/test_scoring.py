@@ -353,9 +353,9 @@ def test_activity_types_match_case_insensitively() -> None:
     assert earned == 40
 
 
-def test_naive_datetimes_count_as_utc() -> None:
-    naive = Activity(type="demo_requested", occurred_at=datetime(2025, 5, 22, 12, 0))
-    assert engagement_points([naive], ICP.engagement, now=NOW) == pytest.approx(20)
+def test_activity_times_without_a_timezone_are_refused_not_guessed() -> None:
+    with pytest.raises(ValidationError, match="occurred_at"):
+        Activity(type="demo_requested", occurred_at=datetime(2025, 5, 22, 12, 0))
 
 
 def test_unknown_activity_types_score_zero_but_are_shown() -> None:
