@@ -44,6 +44,7 @@ lint: install
 
 typecheck: install
 	$(VENV)/bin/mypy -p handoff_schemas -p handoff_runtime -p handoff_scorer -p handoff_router -p handoff_feedback
+	$(VENV)/bin/mypy tests
 
 unit: install
 	$(PY) -m pytest tests/unit -q

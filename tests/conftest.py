@@ -4,6 +4,7 @@ port, so no test depends on anything already running on the machine."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,3 +30,4 @@ def infra() -> Iterator[Infra]:
             kafka.stop()
     finally:
         postgres.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
