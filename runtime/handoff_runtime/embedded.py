@@ -70,10 +70,9 @@ class EmbeddedPostgres:
         """Stop the server (and delete its data if it was temporary)."""
         if self._server is None:
             return
-        if self.temporary:
-            self._server.cleanup()
-        else:
-            self._server.stop()
+        # cleanup() stops the server only when this process holds its last handle (and deletes
+        # a temporary one), and leaves nothing for pgserver's own exit hook to redo.
+        self._server.cleanup()
         self._server = None
 
 

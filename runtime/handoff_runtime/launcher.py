@@ -273,6 +273,25 @@ class ServiceProcess:
         self._log.close()
 
 
+class _Captured:
+    """A short-lived child whose output is read in a thread (so a full pipe never blocks it)."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self._chunks: list[bytes] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        if self.process.stdout is not None:
+            self._chunks.append(self.process.stdout.read())
+            self.process.stdout.close()
+
+    def output(self) -> bytes:
+        self._reader.join(timeout=5)
+        return b"".join(self._chunks)
+
+
 # --- the stack --------------------------------------------------------------------------------
 
 
@@ -439,51 +458,54 @@ class Stack:
         return env
 
     def _migrate(self) -> None:
+        """Apply every service's migrations, all at once (each lives in its own schema)."""
         env = self.child_env()
-        for spec in self.specs:
-            began = time.monotonic()
-            process = subprocess.Popen(
-                [sys.executable, "-m", spec.module_name, "migrate"],
-                cwd=self.root,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
+        began = time.monotonic()
+        runs = [
+            (
+                spec,
+                _Captured(
+                    subprocess.Popen(
+                        [sys.executable, "-m", spec.module_name, "migrate"],
+                        cwd=self.root,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                        preexec_fn=die_with_parent,
+                    )
+                ),
             )
-            try:
-                output = self._communicate(process, f"{spec.name} migrate", MIGRATE_TIMEOUT_S)
-            except BaseException:
-                process.kill()
-                process.wait()
-                raise
-            if process.returncode != 0:
-                self.console.print(f"--- output of {spec.module_name} migrate ---")
-                self.console.print(output.decode(errors="replace").rstrip())
-                self.console.print("---")
-                raise LaunchError(
-                    f"migrations of {spec.name} failed (exit code {process.returncode})"
-                )
-            took = time.monotonic() - began
-            self.console.print(f"Migrations  {spec.name} up to date ({took:.1f} s)")
-
-    def _communicate(self, process: subprocess.Popen[bytes], what: str, timeout_s: float) -> bytes:
-        """Wait for a short-lived child, checking for a stop request while it runs."""
-        deadline = time.monotonic() + timeout_s
-        chunks: list[bytes] = []
-        reader = threading.Thread(
-            target=lambda: chunks.append(process.stdout.read() if process.stdout else b""),
-            daemon=True,
-        )
-        reader.start()
-        while process.poll() is None:
-            self._checkpoint()
-            if time.monotonic() > deadline:
-                raise LaunchError(f"{what} took over {timeout_s:.0f} s")
-            time.sleep(0.05)
-        reader.join(timeout=5)
-        return b"".join(chunks)
+            for spec in self.specs
+        ]
+        try:
+            while any(run.process.poll() is None for _, run in runs):
+                self._checkpoint()
+                if time.monotonic() - began > MIGRATE_TIMEOUT_S:
+                    slow = [spec.name for spec, run in runs if run.process.poll() is None]
+                    raise LaunchError(
+                        f"migrations of {', '.join(slow)} took over {MIGRATE_TIMEOUT_S:.0f} s"
+                    )
+                time.sleep(0.05)
+        finally:
+            for _, run in runs:
+                if run.process.poll() is None:
+                    run.process.kill()
+                run.process.wait()
+        failed = [(spec, run) for spec, run in runs if run.process.returncode != 0]
+        for spec, run in failed:
+            self.console.print(f"--- output of {spec.module_name} migrate ---")
+            self.console.print(run.output().decode(errors="replace").rstrip())
+            self.console.print("---")
+        if failed:
+            names = ", ".join(
+                f"{spec.name} ({_exit_text(run.process.returncode)})" for spec, run in failed
+            )
+            raise LaunchError(f"migrations failed: {names}")
+        took = time.monotonic() - began
+        names = ", ".join(spec.name for spec in self.specs)
+        self.console.print(f"Migrations  {names} up to date ({took:.1f} s)")
 
     def _start_services(self) -> None:
         env = self.child_env()
@@ -559,8 +581,6 @@ class Stack:
         router, scorer = self.url("router"), self.url("scorer")
         with httpx.Client(timeout=10.0) as client:
             teams = _json(client.get(f"{router}/v1/teams"), "GET router /v1/teams")
-            if isinstance(teams, dict):
-                teams = teams.get("items", teams.get("teams", []))
             if teams == []:
                 team = _json(
                     client.post(f"{router}/v1/teams", json={"name": DEMO_TEAM}),
