@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from .events import (
+    IcpPublishedV1,
     LeadAssignedV1,
     LeadCreatedV1,
     LeadNurtureRequestedV1,
@@ -74,7 +75,17 @@ LEAD_STATUS = Topic(
     consumers=("router", "marketing automation"),
 )
 
-TOPICS: tuple[Topic, ...] = (LEAD_CREATED, LEAD_SCORED, LEAD_ROUTING, LEAD_STATUS)
+ICP = Topic(
+    "handoff.icp",
+    "Published versions of the ideal customer profile, so both teams see what changed.",
+    partitions=1,
+    producers=("scorer",),
+    consumers=("marketing automation", "CRM"),
+    retention_ms=365 * 24 * 3600 * 1000,
+    key="ICP version",
+)
+
+TOPICS: tuple[Topic, ...] = (LEAD_CREATED, LEAD_SCORED, LEAD_ROUTING, LEAD_STATUS, ICP)
 
 
 def dead_letter_topic(service: str) -> Topic:
@@ -137,6 +148,13 @@ EVENTS: tuple[EventType, ...] = (
         (LEAD_STATUS.name,),
         ("feedback",),
         "Sales moved the lead in its lifecycle.",
+    ),
+    EventType(
+        "handoff.icp.published.v1",
+        IcpPublishedV1,
+        (ICP.name,),
+        ("scorer",),
+        "A new ICP version is in force; every later score names the version it used.",
     ),
 )
 

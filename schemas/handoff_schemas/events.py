@@ -95,6 +95,11 @@ class LeadScoredV1(_Payload):
     scored_at: AwareDatetime
     received_at: AwareDatetime
     lead: LeadProfile
+    account_domain: str | None = Field(
+        default=None,
+        description="The company domain that links this lead to others from the same account "
+        "(free-mail domains never link).",
+    )
 
 
 class Candidate(_Payload):
@@ -174,3 +179,12 @@ class LeadStatusChangedV1(_Payload):
     actor: str | None = None
     occurred_at: AwareDatetime
     working: bool = Field(description="Whether the lead still occupies its owner's capacity.")
+
+
+class IcpPublishedV1(_Payload):
+    """A new version of the ideal customer profile is in force for every score from now on."""
+
+    version: int = Field(ge=1)
+    name: str
+    published_at: AwareDatetime
+    grades: dict[str, float] = Field(description="Fit score thresholds of grades A, B and C.")

@@ -41,6 +41,11 @@ KEY_SCHEMAS: dict[str, dict[str, Any]] = {
         "description": "The lead id, equal to the envelope's subject and to data.lead_id, so "
         "that every event of one lead lands on one partition, in order.",
     },
+    "ICP version": {
+        "type": "string",
+        "pattern": "^[0-9]+$",
+        "description": "The ICP version number, so versions stay in order.",
+    },
     "original key": {
         "description": "The key of the original record, unchanged (normally the lead id).",
     },

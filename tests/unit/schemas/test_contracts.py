@@ -23,7 +23,8 @@ from handoff_schemas import (
     encode,
     new_event,
 )
-from handoff_schemas.generate import SCHEMAS_DIR, main, render
+from handoff_schemas.catalogue import TOPICS_BY_NAME
+from handoff_schemas.generate import KEY_SCHEMAS, SCHEMAS_DIR, main, render
 
 EXAMPLES_DIR = SCHEMAS_DIR / "examples"
 JSON_DIR = SCHEMAS_DIR / "json"
@@ -124,7 +125,17 @@ def test_example_decodes_to_its_model(event_type: str) -> None:
     assert isinstance(event.data, EVENTS_BY_TYPE[event_type].model)
 
 
-@pytest.mark.parametrize("event_type", EVENT_TYPES)
+LEAD_EVENT_TYPES = [
+    e.type for e in EVENTS if all(TOPICS_BY_NAME[t].key == "lead id" for t in e.topics)
+]
+
+
+def test_icp_events_are_keyed_by_version() -> None:
+    example = _example("handoff.icp.published.v1")
+    assert example["subject"] == f"icp/{example['data']['version']}"
+
+
+@pytest.mark.parametrize("event_type", LEAD_EVENT_TYPES)
 def test_example_subject_is_the_lead_id_which_is_the_kafka_key(event_type: str) -> None:
     example = _example(event_type)
     assert example["subject"] == example["data"]["lead_id"]
@@ -178,7 +189,7 @@ def test_asyncapi_channel_carries_the_catalogued_events(topic: Topic) -> None:
     for ref in channel["messages"].values():
         message = messages[ref["$ref"].removeprefix("#/components/messages/")]
         assert message["contentType"] == "application/cloudevents+json"
-        assert "lead id" in message["bindings"]["kafka"]["key"]["description"]
+        assert message["bindings"]["kafka"]["key"] == KEY_SCHEMAS[topic.key]
         assert (SCHEMAS_DIR / message["payload"]["$ref"]).is_file()
         carried.add(message["name"])
     assert carried == {e.type for e in EVENTS if topic.name in e.topics}
