@@ -217,3 +217,43 @@ async def test_capacity_is_never_exceeded_and_a_release_assigns_the_best_queued_
     refused = await http.post(f"{system.feedback}/v1/leads/{first}/status", json={"status": "won"})
     assert refused.status_code == 409
     assert refused.json()["allowed"] == []
+
+
+async def test_the_same_person_sent_again_is_one_lead_rescored_with_one_owner(
+    system: System, team: dict[str, Any], http: httpx.AsyncClient
+) -> None:
+    first = await http.post(
+        f"{system.scorer}/v1/leads",
+        json={**ideal_lead("Returning.Buyer@Nordwerk.de"), "activities": []},
+    )
+    assert first.status_code == 202, first.text
+    assert first.json()["status"] == "accepted"
+    lead_id = first.json()["lead_id"]
+    records = await read_topic(
+        system.bootstrap, LEAD_ROUTING.name, until=1, where=lambda r: r.key == lead_id.encode()
+    )
+    assert records, "the first delivery was never routed"
+
+    again = await http.post(
+        f"{system.scorer}/v1/leads", json=ideal_lead("  returning.buyer@nordwerk.de ")
+    )
+    assert again.status_code == 202, again.text
+    assert again.json() == {**again.json(), "lead_id": lead_id, "status": "updated"}
+
+    async def rescored() -> bool:
+        lead = (await http.get(f"{system.scorer}/v1/leads/{lead_id}")).json()
+        return len(lead["score_history"]) == 2
+
+    assert await wait_for(rescored)
+    lead = (await http.get(f"{system.scorer}/v1/leads/{lead_id}")).json()
+    assert lead["profile"]["email"] == "returning.buyer@nordwerk.de"
+    assert len(lead["profile"]["activities"]) == 2
+    assert (
+        lead["score_history"][0]["engagement_level"] < lead["score_history"][1]["engagement_level"]
+    )
+    routing = (await http.get(f"{system.router}/v1/leads/{lead_id}/routing")).json()
+    assert len(routing["decisions"]) == 1, "a person sent again must not be routed again"
+    routed_again = await read_topic(
+        system.bootstrap, LEAD_ROUTING.name, timeout_s=2, where=lambda r: r.key == lead_id.encode()
+    )
+    assert len(routed_again) == 1

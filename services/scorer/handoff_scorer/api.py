@@ -22,10 +22,11 @@ Db = Annotated[Database, Depends(database)]
 
 
 class LeadAccepted(BaseModel):
-    """The answer to an accepted lead: it is stored and will be scored and routed."""
+    """The answer to an accepted lead: it is stored and will be scored and routed.
+    `status` is `accepted` for a new person, `updated` when merged into a known lead."""
 
     lead_id: str
-    status: str = "accepted"
+    status: str
     received_at: datetime
 
 
@@ -70,8 +71,10 @@ class IcpPublic(BaseModel):
 async def create_lead(profile: LeadProfile, db: Db) -> LeadAccepted:
     """Store the lead and queue it for scoring and routing. 202: it is durable now."""
     async with db.unit_of_work() as uow:
-        lead = await service.accept_lead(uow, profile)
-    return LeadAccepted(lead_id=lead.id, received_at=lead.received_at)
+        lead, is_new = await service.accept_lead(uow, profile)
+    return LeadAccepted(
+        lead_id=lead.id, status="accepted" if is_new else "updated", received_at=lead.received_at
+    )
 
 
 @router.get(

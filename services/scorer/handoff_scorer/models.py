@@ -19,7 +19,7 @@ class Lead(SQLModel, table=True):
     __table_args__ = {"schema": SCHEMA}
 
     id: str = Field(primary_key=True, max_length=64)
-    email: str = Field(index=True)
+    email: str = Field(unique=True, description="Normalised: one lead per person.")
     profile: dict[str, Any] = Field(sa_column=sa.Column(JSONB, nullable=False))
     received_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
     status: str = Field(default="received", description="received | scored")
@@ -27,6 +27,7 @@ class Lead(SQLModel, table=True):
     grade: str | None = None
     engagement_level: int | None = None
     icp_version: int | None = None
+    account_domain: str | None = Field(default=None, index=True)
     scored_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -18,10 +21,35 @@ class ScorerRepository:
 
     async def get_lead(self, lead_id: str, *, for_update: bool = False) -> Lead | None:
         """The lead with this id, optionally locked for the rest of the transaction."""
-        query = select(Lead).where(Lead.id == lead_id)
+        query = select(Lead).where(Lead.id == lead_id).execution_options(populate_existing=True)
         if for_update:
             query = query.with_for_update()
         return (await self.session.execute(query)).scalars().first()
+
+    async def get_lead_by_email(self, email: str, *, for_update: bool = False) -> Lead | None:
+        """The lead of the person with this (normalised) email."""
+        query = select(Lead).where(Lead.email == email).execution_options(populate_existing=True)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.execute(query)).scalars().first()
+
+    async def insert_lead_if_new(
+        self, *, lead_id: str, email: str, profile: dict[str, Any], received_at: datetime
+    ) -> bool:
+        """Insert a lead unless one with this email exists; whether it was inserted."""
+        inserted = await self.session.execute(
+            insert(Lead)
+            .values(
+                id=lead_id,
+                email=email,
+                profile=profile,
+                received_at=received_at,
+                status="received",
+            )
+            .on_conflict_do_nothing(index_elements=["email"])
+            .returning(col(Lead.id))
+        )
+        return inserted.first() is not None
 
     def add(self, row: Lead | LeadScore | IcpVersion) -> None:
         """Stage a new row in the transaction."""

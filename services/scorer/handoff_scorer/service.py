@@ -18,6 +18,7 @@ from handoff_schemas import (
     utcnow,
 )
 
+from .identity import account_domain, merge_profiles, normalise_email
 from .models import IcpVersion, Lead, LeadScore
 from .repository import ScorerRepository
 from .scoring import IcpDocument, score_lead
@@ -31,42 +32,68 @@ class NoIcpPublished(DomainError):
     title = "No ICP published"
 
 
-async def accept_lead(uow: UnitOfWork, profile: LeadProfile) -> Lead:
-    """Store a lead as received and announce it with `lead.created` in the same transaction."""
-    lead = Lead(
-        id=uuid.uuid4().hex,
-        email=str(profile.email).lower(),
-        profile=profile.model_dump(mode="json"),
-        received_at=utcnow(),
-    )
-    ScorerRepository(uow.session).add(lead)
+async def accept_lead(uow: UnitOfWork, received: LeadProfile) -> tuple[Lead, bool]:
+    """Store a lead as received — a new person, or merged into the lead already known for
+    that email — and announce it with `lead.created` in the same transaction.
+    Returns the lead and whether it is new."""
+    lead, is_new = await _lead_for(uow, uuid.uuid4().hex, received, received_at=utcnow())
     await uow.publish(
-        LeadCreatedV1(lead_id=lead.id, received_at=lead.received_at, lead=profile),
+        LeadCreatedV1(
+            lead_id=lead.id,
+            received_at=lead.received_at,
+            lead=LeadProfile.model_validate(lead.profile),
+        ),
         topic=LEAD_CREATED.name,
         subject=lead.id,
     )
-    return lead
+    return lead, is_new
+
+
+async def _lead_for(
+    uow: UnitOfWork, lead_id: str, received: LeadProfile, *, received_at: datetime
+) -> tuple[Lead, bool]:
+    """The one lead of this person, created with `lead_id` if new, else merged and locked.
+    Concurrent deliveries for one new email cannot both create: the unique email decides."""
+    repo = ScorerRepository(uow.session)
+    email = normalise_email(str(received.email))
+    profile = received.model_copy(update={"email": email})
+    if await repo.insert_lead_if_new(
+        lead_id=lead_id,
+        email=email,
+        profile=profile.model_dump(mode="json"),
+        received_at=received_at,
+    ):
+        lead = await repo.get_lead(lead_id)
+        assert lead is not None
+        return lead, True
+    lead = await repo.get_lead_by_email(email, for_update=True)
+    assert lead is not None
+    merged = merge_profiles(LeadProfile.model_validate(lead.profile), profile)
+    lead.profile = merged.model_dump(mode="json")
+    return lead, False
 
 
 async def score_created_lead(uow: UnitOfWork, created: LeadCreatedV1) -> LeadScoredV1:
-    """Score a lead against the current ICP, record the score and explanation, and announce
-    `lead.scored`. A lead put on the topic by another producer is stored first."""
+    """Score a lead against the current ICP, record the score and its explanation, and
+    announce `lead.scored`. A lead put on the topic by another producer is stored first (or
+    merged into the lead already known for its email, whose id the score then carries)."""
     repo = ScorerRepository(uow.session)
-    lead = await repo.get_lead(created.lead_id, for_update=True)
-    if lead is None:
-        lead = Lead(
-            id=created.lead_id,
-            email=str(created.lead.email).lower(),
-            profile=created.lead.model_dump(mode="json"),
-            received_at=created.received_at,
-        )
-        repo.add(lead)
     icp_row = await repo.current_icp()
     if icp_row is None:
         raise NoIcpPublished("publish an ICP (POST /v1/icp) before leads can be scored")
+    lead = await repo.get_lead(created.lead_id, for_update=True)
+    if lead is None:
+        lead, _ = await _lead_for(
+            uow, created.lead_id, created.lead, received_at=created.received_at
+        )
+    else:
+        merged = merge_profiles(LeadProfile.model_validate(lead.profile), created.lead)
+        lead.profile = merged.model_dump(mode="json")
+    profile = LeadProfile.model_validate(lead.profile)
     icp = IcpDocument.model_validate(icp_row.document)
     now = utcnow()
-    result = score_lead(created.lead, icp, now=now)
+    result = score_lead(profile, icp, now=now)
+    domain = account_domain(profile, icp.disqualifiers.free_mail_domains)
     repo.add(
         LeadScore(
             lead_id=lead.id,
@@ -84,6 +111,7 @@ async def score_created_lead(uow: UnitOfWork, created: LeadCreatedV1) -> LeadSco
     lead.grade = result.grade.value
     lead.engagement_level = result.engagement_level
     lead.icp_version = icp_row.version
+    lead.account_domain = domain
     lead.scored_at = now
     scored = LeadScoredV1(
         lead_id=lead.id,
@@ -94,8 +122,9 @@ async def score_created_lead(uow: UnitOfWork, created: LeadCreatedV1) -> LeadSco
         contributions=list(result.contributions),
         disqualifiers=list(result.disqualifiers),
         scored_at=now,
-        received_at=created.received_at,
-        lead=created.lead,
+        received_at=lead.received_at,
+        lead=profile,
+        account_domain=domain,
     )
     await uow.publish(scored, topic=LEAD_SCORED.name, subject=lead.id)
     return scored
