@@ -43,8 +43,8 @@ KEY_SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "ICP version": {
         "type": "string",
-        "pattern": "^[0-9]+$",
-        "description": "The ICP version number, so versions stay in order.",
+        "pattern": "^icp/[0-9]+$",
+        "description": "icp/<version>, equal to the envelope's subject.",
     },
     "original key": {
         "description": "The key of the original record, unchanged (normally the lead id).",

@@ -15,7 +15,7 @@ from support.infra import Infra
 from support.kafka import read_topic
 from support.system import System, running_system
 
-from handoff_schemas import LEAD_CREATED, LEAD_ROUTING, LEAD_STATUS, decode
+from handoff_schemas import ICP, LEAD_CREATED, LEAD_ROUTING, LEAD_STATUS, decode
 from handoff_scorer.scoring import load_demo_icp
 
 pytestmark = pytest.mark.e2e
@@ -257,3 +257,34 @@ async def test_the_same_person_sent_again_is_one_lead_rescored_with_one_owner(
         system.bootstrap, LEAD_ROUTING.name, timeout_s=2, where=lambda r: r.key == lead_id.encode()
     )
     assert len(routed_again) == 1
+
+
+async def test_a_new_icp_version_is_validated_announced_and_used(
+    system: System, http: httpx.AsyncClient
+) -> None:
+    document = load_demo_icp().model_dump(mode="json")
+    bad = {**document, "grades": {"A": 40, "B": 60, "C": 20}}
+    refused = await http.post(f"{system.scorer}/v1/icp", json=bad)
+    assert refused.status_code == 422
+    assert any(e["field"] == "body.grades.B" for e in refused.json()["errors"]), refused.json()
+
+    published = await http.post(f"{system.scorer}/v1/icp", json=document)
+    assert published.status_code == 201, published.text
+    version = published.json()["version"]
+    current = (await http.get(f"{system.scorer}/v1/icp")).json()
+    assert current["version"] == version
+    versions = (await http.get(f"{system.scorer}/v1/icp/versions")).json()
+    assert [v["version"] for v in versions] == list(range(version, 0, -1))
+
+    announced = await read_topic(
+        system.bootstrap, ICP.name, until=1, where=lambda r: r.key == f"icp/{version}".encode()
+    )
+    assert [decode(r.value).data.version for r in announced] == [version]
+
+    lead_id = await post_lead(http, system, ideal_lead("scored.with.new.icp@nordwerk.de"))
+
+    async def scored_with_new_version() -> bool:
+        lead = (await http.get(f"{system.scorer}/v1/leads/{lead_id}")).json()
+        return bool(lead["score"] and lead["score"]["icp_version"] == version)
+
+    assert await wait_for(scored_with_new_version)

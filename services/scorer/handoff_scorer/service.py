@@ -10,8 +10,10 @@ import sqlalchemy as sa
 from handoff_runtime.db import UnitOfWork
 from handoff_runtime.problems import DomainError
 from handoff_schemas import (
+    ICP,
     LEAD_CREATED,
     LEAD_SCORED,
+    IcpPublishedV1,
     LeadCreatedV1,
     LeadProfile,
     LeadScoredV1,
@@ -142,4 +144,14 @@ async def publish_icp(uow: UnitOfWork, document: IcpDocument, *, now: datetime) 
         published_at=now,
     )
     repo.add(row)
+    await uow.publish(
+        IcpPublishedV1(
+            version=row.version,
+            name=document.name,
+            published_at=now,
+            grades=document.grades.model_dump(mode="json", by_alias=True),
+        ),
+        topic=ICP.name,
+        subject=f"icp/{row.version}",
+    )
     return row
