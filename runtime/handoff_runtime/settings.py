@@ -9,11 +9,17 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .webhooks import WebhookSource
+
 
 class ServiceSettings(BaseSettings):
     """Settings every service has. Subclasses set `service_name` and their env prefix."""
 
-    model_config = SettingsConfigDict(env_prefix="HANDOFF_", extra="ignore")
+    # Settings carry secrets (webhook secrets, passwords in DATABASE_URL): a settings error
+    # names the field and the reason but does not echo the value.
+    model_config = SettingsConfigDict(
+        env_prefix="HANDOFF_", extra="ignore", hide_input_in_errors=True
+    )
 
     service_name: str = Field(default="handoff", exclude=True)
 
@@ -66,4 +72,14 @@ class ServiceSettings(BaseSettings):
         gt=0,
         description="How long published outbox rows are kept, to re-drive a broker that lost "
         "its log.",
+    )
+    webhook_sources: dict[str, WebhookSource] = Field(
+        default_factory=dict,
+        description="Who may post webhooks, as JSON: the source name (sent in the "
+        "`webhook-source` header) and its Standard Webhooks secrets, e.g. "
+        '`{"hubspot": {"secrets": ["whsec_..."]}, "demo": {"signed": false}}`. Several '
+        "secrets verify at once while one is rotated.",
+    )
+    max_body_bytes: int = Field(
+        default=262144, ge=1, description="Largest webhook body accepted (bytes); larger is 413."
     )

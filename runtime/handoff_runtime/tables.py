@@ -1,4 +1,5 @@
-"""The tables every service has in its own schema: outbox, processed events, broker epoch."""
+"""The tables every service has in its own schema: outbox, processed events, broker epoch,
+and the idempotency keys of webhook deliveries."""
 
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ class RuntimeTables:
         )
         self.processed_events = sa.Table("processed_events", self.metadata, *_processed_columns())
         self.broker_epoch = sa.Table("broker_epoch", self.metadata, *_epoch_columns())
+        self.idempotency_keys = sa.Table(
+            "idempotency_keys",
+            self.metadata,
+            *_idempotency_columns(),
+            sa.Index("idempotency_keys_created_at", "created_at"),
+        )
 
 
 def _outbox_columns() -> list[Any]:
@@ -63,6 +70,18 @@ def _epoch_columns() -> list[Any]:
     ]
 
 
+def _idempotency_columns() -> list[Any]:
+    return [
+        sa.Column("key", sa.Text, primary_key=True),
+        sa.Column("request_hash", sa.Text, nullable=False),
+        sa.Column("status_code", sa.Integer, nullable=True),
+        sa.Column("response", JSONB, nullable=True),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+    ]
+
+
 def create_runtime_tables(op: Any, schema: str) -> None:
     """Alembic step that creates the runtime tables in `schema` (each service's first migration)."""
     op.create_table("outbox", *_outbox_columns(), schema=schema)
@@ -76,3 +95,12 @@ def create_runtime_tables(op: Any, schema: str) -> None:
         postgresql_where=sa.text("published_at IS NULL"),
     )
     op.create_index("outbox_published_at", "outbox", ["published_at"], schema=schema)
+
+
+def create_idempotency_table(op: Any, schema: str) -> None:
+    """Alembic step that creates the idempotency keys table in `schema` (a service's migration
+    that adds webhook intake; not part of create_runtime_tables, whose migrations have run)."""
+    op.create_table("idempotency_keys", *_idempotency_columns(), schema=schema)
+    op.create_index(
+        "idempotency_keys_created_at", "idempotency_keys", ["created_at"], schema=schema
+    )

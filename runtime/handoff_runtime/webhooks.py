@@ -1,0 +1,291 @@
+"""Signed webhook intake: body size limit, Standard Webhooks signature check, JSON parsing.
+
+A sender names itself in the `webhook-source` request header (`hubspot`, `salesforce`, ...);
+the service looks that name up in its `webhook_sources` setting
+(`HANDOFF_<SERVICE>_WEBHOOK_SOURCES`, JSON) to find the secrets the delivery must be signed
+with. A missing or unknown source is refused with 401 like a bad signature, so an
+unauthenticated caller learns nothing about which sources exist.
+
+Signed deliveries follow the Standard Webhooks spec (https://www.standardwebhooks.com/):
+`webhook-id`, `webhook-timestamp` (Unix seconds, within 5 minutes of now) and
+`webhook-signature` (`v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, several separated by
+spaces). Verification is done by the official `standardwebhooks` library. A source may list
+several secrets so a secret can be rotated without downtime: any one verifying is enough.
+A source configured with `"signed": false` (local use only) needs no signature headers.
+
+A route takes the verified delivery as a dependency and parses the body itself:
+
+    @router.post("/v1/leads")
+    async def intake(delivery: Annotated[Delivery, Depends(signed_delivery)]) -> ...:
+        lead = parse_body(LeadCreate, delivery.body)
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from .problems import DomainError
+
+if TYPE_CHECKING:
+    from .settings import ServiceSettings
+
+SOURCE_HEADER = "webhook-source"
+ID_HEADER = "webhook-id"
+TIMESTAMP_HEADER = "webhook-timestamp"
+SIGNATURE_HEADER = "webhook-signature"
+IDEMPOTENCY_KEY_HEADER = "idempotency-key"
+SIGNATURE_HEADERS = (ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)
+
+SECRET_PREFIX = "whsec_"
+MAX_JSON_DEPTH = 32
+# Keys end up in a btree primary key, whose entries are limited to ~2.7 kB.
+MAX_DELIVERY_ID_LENGTH = 255
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class WebhookSource(BaseModel):
+    """One sender of webhooks and the secrets its deliveries are signed with."""
+
+    # Errors must not echo the secrets into logs.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    secrets: list[str] = Field(
+        default_factory=list,
+        repr=False,
+        description="Standard Webhooks secrets (`whsec_<base64>`); several while rotating.",
+    )
+    signed: bool = Field(
+        default=True, description="False accepts unsigned deliveries (local use only)."
+    )
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets_are_standard_webhooks_secrets(cls, secrets: list[str]) -> list[str]:
+        for position, secret in enumerate(secrets, start=1):
+            if not secret.startswith(SECRET_PREFIX):
+                raise ValueError(f"secret {position} does not start with {SECRET_PREFIX!r}")
+            encoded = secret.removeprefix(SECRET_PREFIX)
+            # The library itself decodes leniently (it drops characters that are not base64),
+            # which would silently turn a mistyped secret into a different key.
+            try:
+                if not _BASE64.fullmatch(encoded):
+                    raise binascii.Error
+                key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+            except binascii.Error:
+                raise ValueError(
+                    f"secret {position} is not valid base64 after {SECRET_PREFIX!r}"
+                ) from None
+            if not key:
+                raise ValueError(f"secret {position} is empty")
+        return secrets
+
+    @model_validator(mode="after")
+    def _signed_source_has_a_secret(self) -> WebhookSource:
+        if self.signed and not self.secrets:
+            raise ValueError('a signed source needs at least one secret (or "signed": false)')
+        return self
+
+
+class InvalidSignature(DomainError):
+    """The delivery's sender could not be authenticated."""
+
+    status = 401
+    type = "invalid-signature"
+    title = "Invalid webhook signature"
+
+
+class PayloadTooLarge(DomainError):
+    """The request body is larger than the service accepts."""
+
+    status = 413
+    type = "payload-too-large"
+    title = "Payload too large"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A webhook delivery whose sender has been authenticated (or whose source is unsigned)."""
+
+    source: str
+    delivery_id: str | None
+    idempotency_key: str | None
+    body: bytes
+
+    @property
+    def key(self) -> str | None:
+        """The idempotency key of this delivery, namespaced by source: the `webhook-id`
+        (covered by the signature) if present, else the `Idempotency-Key` header."""
+        own_key = self.delivery_id or self.idempotency_key
+        return f"{self.source}:{own_key}" if own_key else None
+
+
+async def signed_delivery(request: Request) -> Delivery:
+    """Route dependency: read the body (at most `max_body_bytes`) and authenticate it.
+
+    Raises PayloadTooLarge (413) as soon as the declared or streamed size passes the limit,
+    InvalidSignature (401) when the source is missing or unknown or the signature does not
+    verify, and a 422 for a delivery or idempotency id too long to store.
+    """
+    settings: ServiceSettings = request.app.state.runtime.settings
+    limit = settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"The body is {declared} bytes; at most {limit} are accepted.", max_body_bytes=limit
+        )
+
+    source_name = request.headers.get(SOURCE_HEADER)
+    if not source_name:
+        raise InvalidSignature(f"The {SOURCE_HEADER} header is missing.")
+    source = settings.webhook_sources.get(source_name)
+    if source is None:
+        raise InvalidSignature(f"Unknown webhook source {source_name[:64]!r}.")
+    if source.signed:
+        missing = [name for name in SIGNATURE_HEADERS if not request.headers.get(name)]
+        if missing:
+            raise InvalidSignature(f"Missing signature header(s): {', '.join(missing)}.")
+
+    body = await _read_body(request, limit)
+    if source.signed:
+        _verify(source, body, {name: request.headers[name] for name in SIGNATURE_HEADERS})
+
+    delivery_id = request.headers.get(ID_HEADER) or None
+    idempotency_key = request.headers.get(IDEMPOTENCY_KEY_HEADER) or None
+    _check_id_length(ID_HEADER, delivery_id)
+    _check_id_length("Idempotency-Key", idempotency_key)
+    return Delivery(
+        source=source_name, delivery_id=delivery_id, idempotency_key=idempotency_key, body=body
+    )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    # Counting while streaming also stops a chunked body, which declares no length.
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The body is larger than {limit} bytes.", max_body_bytes=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _verify(source: WebhookSource, body: bytes, headers: dict[str, str]) -> None:
+    # The library decodes the body as UTF-8 itself; decoding once here turns a non-UTF-8
+    # body into a 401 (it cannot have been signed by a Standard Webhooks sender) and spares
+    # a decode per secret.
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidSignature("The body is not UTF-8, so no sender can have signed it.") from None
+    rejection = "No matching signature found"
+    for secret in source.secrets:
+        try:
+            # json_parse=False: the library would otherwise json.loads the body, which
+            # raises (or recurses without bound) on bodies parse_body is there to refuse.
+            Webhook(secret).verify(text, headers, json_parse=False)
+            return
+        except WebhookVerificationError as exc:
+            # Timestamp errors are the same for every secret; only "no match" varies.
+            rejection = str(exc)
+        except ValueError:
+            # A signature list entry without exactly one comma, or a signature that is not
+            # base64 (binascii.Error): the library does not turn these into its own error.
+            raise InvalidSignature(
+                f"The {SIGNATURE_HEADER} header is malformed; expected "
+                "space-separated 'v1,<base64>' entries."
+            ) from None
+    raise InvalidSignature(f"Signature rejected: {rejection}.")
+
+
+def _check_id_length(header: str, value: str | None) -> None:
+    if value is not None and len(value) > MAX_DELIVERY_ID_LENGTH:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "string_too_long",
+                    "loc": ("header", header),
+                    "msg": f"String should have at most {MAX_DELIVERY_ID_LENGTH} characters",
+                    "input": None,
+                    "ctx": {"max_length": MAX_DELIVERY_ID_LENGTH},
+                }
+            ]
+        )
+
+
+def parse_body(model: type[M], body: bytes) -> M:
+    """Parse a JSON body into `model`, failing like FastAPI's own body validation.
+
+    Raises RequestValidationError (rendered as the usual 422 problem+json) with locations
+    starting at "body": a body that is not UTF-8 or not JSON names "body", JSON nested deeper
+    than MAX_JSON_DEPTH names "body", a field the model rejects names "body.<field path>".
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestValidationError(
+            [_body_error("json_invalid", ("body", exc.start), "Body is not UTF-8")]
+        ) from None
+    try:
+        # orjson is iterative and caps nesting itself (at 1024), so no RecursionError.
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        if "depth" in exc.msg or "recursion" in exc.msg:
+            raise _too_deep() from None
+        raise RequestValidationError(
+            [_body_error("json_invalid", ("body", exc.pos), "JSON decode error", exc.msg)]
+        ) from None
+    if _nesting_depth_exceeds(value, MAX_JSON_DEPTH):
+        raise _too_deep()
+    try:
+        # Python-mode validation of the decoded JSON, as FastAPI validates a body model.
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [
+                {**err, "loc": ("body", *err["loc"])}
+                for err in exc.errors(include_url=False, include_input=False)
+            ]
+        ) from None
+
+
+def _body_error(
+    type_: str, loc: tuple[str | int, ...], msg: str, error: str | None = None
+) -> dict[str, Any]:
+    return {"type": type_, "loc": loc, "msg": msg, "input": {}, "ctx": {"error": error or msg}}
+
+
+def _too_deep() -> RequestValidationError:
+    return RequestValidationError(
+        [
+            _body_error(
+                "json_too_deep", ("body",), f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+            )
+        ]
+    )
+
+
+def _nesting_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether `value` nests objects/arrays more than `limit` deep (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
