@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
@@ -22,6 +23,7 @@ import signal
 import sys
 import time
 import unicodedata
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,6 +31,7 @@ from typing import Any, TextIO
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from standardwebhooks.webhooks import Webhook
 
 from handoff_schemas import (
     LEAD_ROUTING,
@@ -300,6 +303,8 @@ class Demo:
     leads: int
     rate: float
     seed: int | None = None
+    webhook_source: str = "local"
+    webhook_secret: str | None = None
     out: TextIO = field(default_factory=lambda: sys.stdout)
 
     def __post_init__(self) -> None:
@@ -320,6 +325,20 @@ class Demo:
             "NO_COLOR"
         )
         self.http: httpx.AsyncClient | None = None
+
+    def webhook_headers(self, body: bytes) -> dict[str, str]:
+        """Headers of a webhook delivery from this demo's source, signed when it has a secret."""
+        headers = {"content-type": "application/json", "webhook-source": self.webhook_source}
+        if self.webhook_secret:
+            delivery_id, now = f"msg_{uuid.uuid4().hex}", datetime.now(UTC)
+            headers |= {
+                "webhook-id": delivery_id,
+                "webhook-timestamp": str(int(now.timestamp())),
+                "webhook-signature": Webhook(self.webhook_secret).sign(
+                    delivery_id, now, body.decode()
+                ),
+            }
+        return headers
 
     # output
 
@@ -465,7 +484,10 @@ class Demo:
             self.stats.sent += 1
             self.last_send = time.monotonic()
             try:
-                answer = await self.http.post(f"{self.scorer}/v1/leads", json=lead)
+                body = json.dumps(lead).encode()
+                answer = await self.http.post(
+                    f"{self.scorer}/v1/leads", content=body, headers=self.webhook_headers(body)
+                )
             except httpx.HTTPError as exc:
                 self.stats.rejected += 1
                 failures += 1
@@ -732,6 +754,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="bootstrap servers (default $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
     )
     parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
+    parser.add_argument(
+        "--webhook-source",
+        default="local",
+        help="the webhook-source header (default local, the unsigned source of make run)",
+    )
+    parser.add_argument(
+        "--webhook-secret",
+        default=os.environ.get("HANDOFF_DEMO_WEBHOOK_SECRET"),
+        help="sign deliveries with this whsec_ secret (default $HANDOFF_DEMO_WEBHOOK_SECRET)",
+    )
     args = parser.parse_args(argv)
     if args.leads < 0 or args.rate <= 0:
         parser.error("--leads must be >= 0 and --rate > 0")
@@ -745,6 +777,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         leads=args.leads,
         rate=args.rate,
         seed=args.seed,
+        webhook_source=args.webhook_source,
+        webhook_secret=args.webhook_secret,
     )
     return asyncio.run(_main(demo))
 

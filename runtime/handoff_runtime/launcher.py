@@ -57,6 +57,10 @@ STOP_TIMEOUT_S = 25.0
 MIGRATE_TIMEOUT_S = 120.0
 TAIL_LINES = 25
 
+WEBHOOK_SOURCES_ENV = "HANDOFF_SCORER_WEBHOOK_SOURCES"
+LOCAL_SOURCE = "local"
+"""The unsigned webhook source `make run` configures unless told otherwise."""
+
 DEMO_TEAM = "Inbound EMEA"
 DEMO_REPS: tuple[tuple[str, str, int], ...] = (
     ("Maria Keller", "maria.keller@handoff-demo.com", 5),
@@ -455,6 +459,9 @@ class Stack:
         }
         for spec in self.specs:
             env[spec.port_env] = str(self.ports[spec.name])
+        # Locally, one unsigned webhook source, so curl and `make demo` work out of the box;
+        # set the variable to require signatures (see README, "Signed webhooks").
+        env.setdefault(WEBHOOK_SOURCES_ENV, json.dumps({LOCAL_SOURCE: {"signed": False}}))
         return env
 
     def _migrate(self) -> None:
@@ -647,6 +654,12 @@ class Stack:
         lines.append(f"  {'Kafka'.ljust(9)} {self.bootstrap}  ({kafka_note})")
         lines.append(f"  {'Database'.ljust(9)} {redact_dsn(self.database_url or '')}  ({db_note})")
         lines.append(f"  {'Logs'.ljust(9)} {self.log_dir}/  (JSON, one file per service)")
+        if WEBHOOK_SOURCES_ENV not in self.env:
+            lines.append(
+                f"  {'Webhooks'.ljust(9)} source `{LOCAL_SOURCE}` accepts unsigned leads: "
+                f"curl -H 'webhook-source: {LOCAL_SOURCE}' ... (set {WEBHOOK_SOURCES_ENV} "
+                "to require signatures)"
+            )
         lines.append("")
         lines.append("  Run `make demo` in another terminal to stream synthetic leads through it.")
         lines.append("  Ctrl-C to stop.")

@@ -21,6 +21,7 @@ from handoff_schemas import DEAD_LETTER_TOPICS, TOPICS
 
 from .consumer import Consumer, ConsumerLoop, ConsumerSettings
 from .db import Database
+from .intake import document_request_models
 from .kafka import broker_epoch, ensure_topics, make_consumer, make_producer
 from .logs import configure_logging
 from .metrics import http_metrics_middleware, metrics_response
@@ -219,6 +220,7 @@ def create_service_app(
     app.include_router(ops)
     for router in routers:
         app.include_router(router)
+    document_request_models(app)
     return app
 
 

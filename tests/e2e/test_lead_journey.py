@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from support.infra import Infra
 from support.kafka import read_topic
-from support.system import System, running_system
+from support.system import System
 
 from handoff_schemas import ICP, LEAD_CREATED, LEAD_ROUTING, LEAD_STATUS, decode
 from handoff_scorer.scoring import load_demo_icp
@@ -38,20 +36,6 @@ def ideal_lead(email: str, *, employees: int = 250, activities: int = 2) -> dict
         "campaign": "webinar-2026-11",
         "activities": [{"type": "demo_requested", "occurred_at": RECENT}] * activities,
     }
-
-
-@pytest.fixture(scope="module")
-def system(infra: Infra) -> Iterator[System]:
-    with running_system(infra) as running:
-        icp = httpx.post(f"{running.scorer}/v1/icp", json=load_demo_icp().model_dump(mode="json"))
-        assert icp.status_code == 201, icp.text
-        yield running
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, status
-from pydantic import BaseModel
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
 
-from handoff_runtime.db import Database
+from handoff_runtime.db import Database, UnitOfWork
+from handoff_runtime.intake import json_body, respond_once
 from handoff_runtime.problems import NotFound
 from handoff_runtime.service import database
+from handoff_runtime.webhooks import Delivery, parse_body, signed_delivery
 from handoff_schemas import Contribution, LeadProfile, utcnow
 
 from . import service
@@ -61,20 +64,117 @@ class IcpPublic(BaseModel):
     document: IcpDocument
 
 
+Signed = Annotated[Delivery, Depends(signed_delivery)]
+MAX_BATCH = 1000
+
+
+class LeadBatch(BaseModel):
+    """Up to 1,000 leads in one delivery (a webinar list, an import)."""
+
+    leads: list[LeadProfile] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class _LeadBatchEnvelope(BaseModel):
+    """The batch as parsed: items are validated one by one, so one bad lead rejects only
+    itself."""
+
+    leads: list[Any] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchItem(BaseModel):
+    """What happened to one lead of a batch."""
+
+    index: int
+    status: Literal["accepted", "updated", "rejected"]
+    lead_id: str | None = None
+    errors: list[dict[str, str]] | None = None
+
+
+class BatchAccepted(BaseModel):
+    """Per-lead results of a batch, in the order sent."""
+
+    accepted: int
+    updated: int
+    rejected: int
+    results: list[BatchItem]
+
+
+_SIGNED_INTAKE: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or invalid signature, or unknown webhook source"},
+    409: {"description": "Idempotency key reused with a different body"},
+    413: {"description": "Body larger than the configured limit"},
+    422: {"description": "The body is not valid; each bad field is named"},
+}
+
+
 @router.post(
     "/leads",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=LeadAccepted,
     tags=["leads"],
     summary="Accept a lead from marketing automation",
+    responses=_SIGNED_INTAKE,
+    openapi_extra=json_body(LeadProfile, description="The lead, signed per Standard Webhooks."),
 )
-async def create_lead(profile: LeadProfile, db: Db) -> LeadAccepted:
-    """Store the lead and queue it for scoring and routing. 202: it is durable now."""
-    async with db.unit_of_work() as uow:
+async def create_lead(delivery: Signed, db: Db) -> JSONResponse:
+    """Store the lead and queue it for scoring and routing; 202 once it is durable. The same
+    person sent again is merged into their lead (`status: updated`). A repeated delivery
+    (same `webhook-id` or `Idempotency-Key`) gets the same answer and changes nothing."""
+    profile = parse_body(LeadProfile, delivery.body)
+
+    async def accept(uow: UnitOfWork) -> LeadAccepted:
         lead, is_new = await service.accept_lead(uow, profile)
-    return LeadAccepted(
-        lead_id=lead.id, status="accepted" if is_new else "updated", received_at=lead.received_at
-    )
+        return LeadAccepted(
+            lead_id=lead.id,
+            status="accepted" if is_new else "updated",
+            received_at=lead.received_at,
+        )
+
+    return await respond_once(db, delivery, status.HTTP_202_ACCEPTED, accept)
+
+
+@router.post(
+    "/leads:batch",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=BatchAccepted,
+    tags=["leads"],
+    summary="Accept up to 1,000 leads at once",
+    responses=_SIGNED_INTAKE,
+    openapi_extra=json_body(LeadBatch, description="The leads, signed per Standard Webhooks."),
+)
+async def create_leads(delivery: Signed, db: Db) -> JSONResponse:
+    """Accept every valid lead of the batch and report, per lead, whether it was accepted,
+    merged into a known lead, or rejected (with the fields at fault)."""
+    batch = parse_body(_LeadBatchEnvelope, delivery.body)
+    results: list[BatchItem] = []
+    valid: list[tuple[int, LeadProfile]] = []
+    for index, item in enumerate(batch.leads):
+        try:
+            valid.append((index, LeadProfile.model_validate(item)))
+        except ValidationError as exc:
+            errors = [
+                {
+                    "field": ".".join(["leads", str(index), *(str(p) for p in err["loc"])]),
+                    "reason": err["msg"],
+                }
+                for err in exc.errors()
+            ]
+            results.append(BatchItem(index=index, status="rejected", errors=errors))
+
+    async def accept(uow: UnitOfWork) -> BatchAccepted:
+        for index, profile in valid:
+            lead, is_new = await service.accept_lead(uow, profile)
+            status_ = "accepted" if is_new else "updated"
+            results.append(BatchItem(index=index, status=status_, lead_id=lead.id))
+        results.sort(key=lambda r: r.index)
+        return BatchAccepted(
+            accepted=sum(r.status == "accepted" for r in results),
+            updated=sum(r.status == "updated" for r in results),
+            rejected=sum(r.status == "rejected" for r in results),
+            results=results,
+        )
+
+    return await respond_once(db, delivery, status.HTTP_202_ACCEPTED, accept)
 
 
 @router.get(

@@ -1,0 +1,79 @@
+"""Answering a signed delivery exactly once, and documenting raw-body routes in OpenAPI.
+
+Webhook routes read their body themselves (the signature covers the raw bytes, and a body
+must be size-checked and authenticated before it is parsed), so FastAPI cannot infer their
+request schema: `json_body(model)` declares it, and `document_request_models(app)` adds the
+models to the OpenAPI components.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from .db import Database, UnitOfWork
+from .idempotency import body_hash, claim, remember
+from .webhooks import Delivery
+
+REPLAYED_HEADER = "idempotent-replayed"
+_REQUEST_MODELS: dict[str, type[BaseModel]] = {}
+
+
+async def respond_once(
+    db: Database,
+    delivery: Delivery,
+    status_code: int,
+    work: Callable[[UnitOfWork], Awaitable[BaseModel]],
+) -> JSONResponse:
+    """Run `work` in one unit of work and answer with its result; a repeated delivery (same
+    webhook-id or Idempotency-Key and same body) gets the first answer again and changes
+    nothing, and the same key with another body is refused (409)."""
+    async with db.unit_of_work() as uow:
+        if delivery.key is not None:
+            stored = await claim(uow, delivery.key, body_hash(delivery.body))
+            if stored is not None:
+                return JSONResponse(
+                    stored.body, status_code=stored.status_code, headers={REPLAYED_HEADER: "true"}
+                )
+        body = (await work(uow)).model_dump(mode="json")
+        if delivery.key is not None:
+            await remember(uow, delivery.key, status_code, body)
+    return JSONResponse(body, status_code=status_code)
+
+
+def json_body(model: type[BaseModel], *, description: str = "") -> dict[str, Any]:
+    """`openapi_extra` for a route that parses `model` from a raw JSON body."""
+    _REQUEST_MODELS[model.__name__] = model
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            },
+        }
+    }
+
+
+def document_request_models(app: FastAPI) -> None:
+    """Make the app's OpenAPI document include the models declared with `json_body`."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = build()
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for name, model in _REQUEST_MODELS.items():
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for def_name, definition in schema.pop("$defs", {}).items():
+                schemas.setdefault(def_name, definition)
+            schemas.setdefault(name, schema)
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]

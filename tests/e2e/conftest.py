@@ -1,0 +1,38 @@
+"""The running system every end-to-end test drives: three service processes on the
+session's database and broker, with the demo ICP published."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from support.infra import Infra
+from support.system import System, running_system
+
+from handoff_scorer.scoring import load_demo_icp
+
+LOCAL_SOURCE = "local"
+SIGNED_SOURCE = "hubspot"
+OLD_SECRET = "whsec_" + "b2xkLXNlY3JldC1vbGQtc2VjcmV0LW9sZC1zZWNyZXQ="
+NEW_SECRET = "whsec_" + "bmV3LXNlY3JldC1uZXctc2VjcmV0LW5ldy1zZWNyZXQ="
+
+
+@pytest.fixture(scope="session")
+def system(infra: Infra) -> Iterator[System]:
+    sources = {
+        LOCAL_SOURCE: {"signed": False},
+        SIGNED_SOURCE: {"secrets": [OLD_SECRET, NEW_SECRET]},
+    }
+    with running_system(infra, HANDOFF_SCORER_WEBHOOK_SOURCES=json.dumps(sources)) as running:
+        icp = httpx.post(f"{running.scorer}/v1/icp", json=load_demo_icp().model_dump(mode="json"))
+        assert icp.status_code == 201, icp.text
+        yield running
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    """A client posting as the unsigned local source."""
+    async with httpx.AsyncClient(timeout=30, headers={"webhook-source": LOCAL_SOURCE}) as client:
+        yield client
