@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,10 +32,20 @@ from .settings import ServiceSettings
 log = structlog.get_logger(__name__)
 
 
-class ServiceRuntime:
-    """Everything a running service holds: database, producer, relay and consumer loops."""
+Worker = Callable[["ServiceRuntime"], Coroutine[Any, Any, None]]
+"""A service's own background loop (e.g. re-scoring), started and stopped with it."""
 
-    def __init__(self, settings: ServiceSettings, consumers: Sequence[Consumer]) -> None:
+
+class ServiceRuntime:
+    """Everything a running service holds: database, producer, relay, consumer loops and
+    the service's own background workers."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        consumers: Sequence[Consumer],
+        workers: Sequence[Worker] = (),
+    ) -> None:
         self.settings = settings
         self.service = settings.service_name
         self.db = Database(
@@ -45,6 +55,7 @@ class ServiceRuntime:
             pool_size=settings.db_pool_size,
         )
         self.consumers = consumers
+        self.workers = workers
         self.producer: AIOKafkaProducer | None = None
         self.relay: OutboxRelay | None = None
         self._kafka_consumers: list[AIOKafkaConsumer] = []
@@ -100,6 +111,9 @@ class ServiceRuntime:
             )
             self._loops.append(loop)
             self._tasks.append(asyncio.create_task(loop.run(), name=f"{self.service}-{spec.group}"))
+        for worker in self.workers:
+            name = f"{self.service}-{getattr(worker, '__name__', 'worker')}"
+            self._tasks.append(asyncio.create_task(worker(self), name=name))
         for task in self._tasks:
             task.add_done_callback(_log_crash)
 
@@ -180,11 +194,12 @@ def create_service_app(
     description: str,
     routers: Sequence[APIRouter],
     consumers: Sequence[Consumer] = (),
+    workers: Sequence[Worker] = (),
     version: str = "0.1.0",
 ) -> FastAPI:
     """Build a service's FastAPI app with the shared lifespan and operations endpoints."""
     configure_logging(settings.service_name, settings.log_level)
-    runtime = ServiceRuntime(settings, consumers)
+    runtime = ServiceRuntime(settings, consumers, workers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -243,3 +243,47 @@ async def publish_icp(document: IcpDocument, db: Db) -> IcpPublic:
     async with db.unit_of_work() as uow:
         row = await service.publish_icp(uow, document, now=utcnow())
     return IcpPublic(version=row.version, published_at=row.published_at, document=document)
+
+
+class RescoreJobPublic(BaseModel):
+    """Progress of re-scoring every scored lead with one ICP version."""
+
+    id: str
+    icp_version: int
+    state: str
+    total: int
+    done: int
+    changed: int = Field(description="Leads whose grade changed; each got a new lead.scored.")
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@router.post(
+    "/icp/{version}/rescore",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RescoreJobPublic,
+    tags=["icp"],
+    summary="Re-score every scored lead with an ICP version",
+)
+async def rescore(version: int, db: Db) -> RescoreJobPublic:
+    """Start re-scoring in the background; leads whose grade changes are announced again
+    with `lead.scored`. Follow progress at `GET /v1/rescore-jobs/{id}`."""
+    async with db.unit_of_work() as uow:
+        job = await service.start_rescore(uow, version)
+        public = RescoreJobPublic.model_validate(job, from_attributes=True)
+    return public
+
+
+@router.get(
+    "/rescore-jobs/{job_id}",
+    response_model=RescoreJobPublic,
+    tags=["icp"],
+    summary="Re-score progress",
+)
+async def rescore_progress(job_id: str, db: Db) -> RescoreJobPublic:
+    """How far a re-score job has come."""
+    async with db.unit_of_work() as uow:
+        job = await ScorerRepository(uow.session).rescore_job(job_id)
+        if job is None:
+            raise NotFound(f"no re-score job {job_id}")
+        return RescoreJobPublic.model_validate(job, from_attributes=True)

@@ -9,6 +9,7 @@ from handoff_runtime.service import create_service_app
 from .api import router
 from .consumers import leads
 from .settings import ScorerSettings
+from .workers import rescore_jobs
 
 
 def create_app(settings: ScorerSettings | None = None) -> FastAPI:
@@ -19,4 +20,5 @@ def create_app(settings: ScorerSettings | None = None) -> FastAPI:
         description="Lead intake from marketing automation and scoring against the shared ICP.",
         routers=[router],
         consumers=[leads],
+        workers=[rescore_jobs],
     )

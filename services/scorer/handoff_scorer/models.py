@@ -57,3 +57,20 @@ class IcpVersion(SQLModel, table=True):
     version: int = Field(primary_key=True)
     document: dict[str, Any] = Field(sa_column=sa.Column(JSONB, nullable=False))
     published_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
+
+
+class RescoreJob(SQLModel, table=True):
+    """Re-scoring every scored lead with one ICP version, batch by batch."""
+
+    __tablename__ = "rescore_jobs"
+    __table_args__ = {"schema": SCHEMA}
+
+    id: str = Field(primary_key=True, max_length=64)
+    icp_version: int
+    state: str = Field(description="running | done")
+    total: int
+    done: int = 0
+    changed: int = Field(default=0, description="Leads whose grade changed (re-announced).")
+    cursor: str | None = Field(default=None, description="Last lead id re-scored.")
+    created_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
+    finished_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))

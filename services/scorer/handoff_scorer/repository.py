@@ -6,11 +6,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from .models import IcpVersion, Lead, LeadScore
+from .models import IcpVersion, Lead, LeadScore, RescoreJob
 
 
 class ScorerRepository:
@@ -51,7 +52,7 @@ class ScorerRepository:
         )
         return inserted.first() is not None
 
-    def add(self, row: Lead | LeadScore | IcpVersion) -> None:
+    def add(self, row: Lead | LeadScore | IcpVersion | RescoreJob) -> None:
         """Stage a new row in the transaction."""
         self.session.add(row)
 
@@ -72,6 +73,40 @@ class ScorerRepository:
         """The highest published ICP version, if any."""
         query = select(IcpVersion).order_by(col(IcpVersion.version).desc()).limit(1)
         return (await self.session.execute(query)).scalars().first()
+
+    async def icp_version(self, version: int) -> IcpVersion | None:
+        """One ICP version."""
+        return await self.session.get(IcpVersion, version)
+
+    async def count_scored_leads(self) -> int:
+        """How many leads have a score."""
+        query = sa.select(sa.func.count()).select_from(Lead).where(col(Lead.status) == "scored")
+        return int(await self.session.scalar(query) or 0)
+
+    async def scored_leads_after(self, cursor: str | None, *, limit: int) -> Sequence[Lead]:
+        """Scored leads with an id after `cursor`, in id order, locked for re-scoring."""
+        query = select(Lead).where(Lead.status == "scored").order_by(col(Lead.id)).limit(limit)
+        if cursor is not None:
+            query = query.where(col(Lead.id) > cursor)
+        result = await self.session.execute(
+            query.with_for_update().execution_options(populate_existing=True)
+        )
+        return result.scalars().all()
+
+    async def next_running_job(self) -> RescoreJob | None:
+        """The oldest running re-score job nobody else is advancing right now."""
+        query = (
+            select(RescoreJob)
+            .where(RescoreJob.state == "running")
+            .order_by(col(RescoreJob.created_at))
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        return (await self.session.execute(query)).scalars().first()
+
+    async def rescore_job(self, job_id: str) -> RescoreJob | None:
+        """One re-score job."""
+        return await self.session.get(RescoreJob, job_id, populate_existing=True)
 
     async def icp_versions(self) -> Sequence[IcpVersion]:
         """Every published ICP version, newest first."""

@@ -1,4 +1,4 @@
-"""The scorer's use cases: accept a lead, score it, publish an ICP version."""
+"""The scorer's use cases: accept a lead, score it, publish an ICP version, re-score."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from handoff_runtime.db import UnitOfWork
-from handoff_runtime.problems import DomainError
+from handoff_runtime.problems import DomainError, NotFound
 from handoff_schemas import (
     ICP,
     LEAD_CREATED,
@@ -21,7 +21,7 @@ from handoff_schemas import (
 )
 
 from .identity import account_domain, merge_profiles, normalise_email
-from .models import IcpVersion, Lead, LeadScore
+from .models import IcpVersion, Lead, LeadScore, RescoreJob
 from .repository import ScorerRepository
 from .scoring import IcpDocument, score_lead
 
@@ -75,7 +75,7 @@ async def _lead_for(
     return lead, False
 
 
-async def score_created_lead(uow: UnitOfWork, created: LeadCreatedV1) -> LeadScoredV1:
+async def score_created_lead(uow: UnitOfWork, created: LeadCreatedV1) -> LeadScoredV1 | None:
     """Score a lead against the current ICP, record the score and its explanation, and
     announce `lead.scored`. A lead put on the topic by another producer is stored first (or
     merged into the lead already known for its email, whose id the score then carries)."""
@@ -91,12 +91,21 @@ async def score_created_lead(uow: UnitOfWork, created: LeadCreatedV1) -> LeadSco
     else:
         merged = merge_profiles(LeadProfile.model_validate(lead.profile), created.lead)
         lead.profile = merged.model_dump(mode="json")
+    return await _score(uow, lead, icp_row, announce="always")
+
+
+async def _score(
+    uow: UnitOfWork, lead: Lead, icp_row: IcpVersion, *, announce: str
+) -> LeadScoredV1 | None:
+    """Score `lead` with `icp_row`, record it, and publish `lead.scored` — always, or only
+    when the grade changed (`announce="grade_changed"`, for re-scoring)."""
     profile = LeadProfile.model_validate(lead.profile)
     icp = IcpDocument.model_validate(icp_row.document)
     now = utcnow()
     result = score_lead(profile, icp, now=now)
     domain = account_domain(profile, icp.disqualifiers.free_mail_domains)
-    repo.add(
+    grade_changed = lead.grade != result.grade.value
+    ScorerRepository(uow.session).add(
         LeadScore(
             lead_id=lead.id,
             icp_version=icp_row.version,
@@ -115,6 +124,8 @@ async def score_created_lead(uow: UnitOfWork, created: LeadCreatedV1) -> LeadSco
     lead.icp_version = icp_row.version
     lead.account_domain = domain
     lead.scored_at = now
+    if announce == "grade_changed" and not grade_changed:
+        return None
     scored = LeadScoredV1(
         lead_id=lead.id,
         icp_version=icp_row.version,
@@ -130,6 +141,45 @@ async def score_created_lead(uow: UnitOfWork, created: LeadCreatedV1) -> LeadSco
     )
     await uow.publish(scored, topic=LEAD_SCORED.name, subject=lead.id)
     return scored
+
+
+async def start_rescore(uow: UnitOfWork, version: int) -> RescoreJob:
+    """Queue a re-score of every scored lead with ICP `version`; a worker runs it."""
+    repo = ScorerRepository(uow.session)
+    if await repo.icp_version(version) is None:
+        raise NotFound(f"no ICP version {version}")
+    job = RescoreJob(
+        id=uuid.uuid4().hex,
+        icp_version=version,
+        state="running",
+        total=await repo.count_scored_leads(),
+        created_at=utcnow(),
+    )
+    repo.add(job)
+    return job
+
+
+async def rescore_next_batch(uow: UnitOfWork, *, batch_size: int) -> RescoreJob | None:
+    """Advance one running job by one batch of leads (in lead id order, resumable after a
+    restart); returns the job, or None when no job is waiting. Several instances share the
+    work: a job being advanced elsewhere is skipped."""
+    repo = ScorerRepository(uow.session)
+    job = await repo.next_running_job()
+    if job is None:
+        return None
+    icp_row = await repo.icp_version(job.icp_version)
+    assert icp_row is not None
+    leads = await repo.scored_leads_after(job.cursor, limit=batch_size)
+    for lead in leads:
+        if await _score(uow, lead, icp_row, announce="grade_changed") is not None:
+            job.changed += 1
+    job.done += len(leads)
+    if leads:
+        job.cursor = leads[-1].id
+    if len(leads) < batch_size:
+        job.state = "done"
+        job.finished_at = utcnow()
+    return job
 
 
 async def publish_icp(uow: UnitOfWork, document: IcpDocument, *, now: datetime) -> IcpVersion:
