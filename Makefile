@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PACKAGES := -e ./schemas -e ./runtime -e ./services/scorer -e ./services/router -e ./services/feedback
 
-.PHONY: install run demo test lint typecheck unit integration e2e schemas lock clean
+.PHONY: install run demo test bench lint typecheck unit integration e2e schemas lock clean
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
@@ -35,6 +35,10 @@ run: install
 demo: install
 	$(PY) -m handoff_runtime.demo
 
+## Benchmarks (figures are reported here, never asserted in tests).
+bench: install
+	$(PY) bench/intake_batch.py
+
 schemas: install
 	$(PY) -m handoff_schemas.generate
 
@@ -44,7 +48,7 @@ lint: install
 
 typecheck: install
 	$(VENV)/bin/mypy -p handoff_schemas -p handoff_runtime -p handoff_scorer -p handoff_router -p handoff_feedback
-	$(VENV)/bin/mypy tests
+	$(VENV)/bin/mypy tests bench
 
 unit: install
 	$(PY) -m pytest tests/unit -q
