@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field
 
@@ -63,6 +63,12 @@ class LeadProfile(_Payload):
     source: str | None = Field(default=None, max_length=100)
     campaign: str | None = Field(default=None, max_length=200)
     activities: list[Activity] = Field(default_factory=list, max_length=500)
+    technologies: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Technologies the company uses (from enrichment or form), "
+        "e.g. Kubernetes, Salesforce.",
+    )
 
 
 class LeadCreatedV1(_Payload):

@@ -22,18 +22,25 @@ def normalise_email(email: str) -> str:
 
 def merge_profiles(known: LeadProfile, received: LeadProfile) -> LeadProfile:
     """The profile after `received` arrives for a person already `known`: received values
-    replace known ones where given, and activities are the union (each once, oldest first)."""
+    replace known ones where given; activities (each once, oldest first) and technologies
+    (each once) accumulate."""
     updates = {
         field: value
-        for field, value in received.model_dump(exclude={"activities"}).items()
+        for field, value in received.model_dump(exclude={"activities", "technologies"}).items()
         if value is not None
     }
+    known_tech = {t.casefold() for t in known.technologies}
+    technologies = list(known.technologies) + [
+        t for t in received.technologies if t.casefold() not in known_tech
+    ]
     seen = {(a.type, a.occurred_at) for a in known.activities}
     activities = list(known.activities) + [
         a for a in received.activities if (a.type, a.occurred_at) not in seen
     ]
     activities.sort(key=lambda a: a.occurred_at)
-    return known.model_copy(update={**updates, "activities": activities})
+    return known.model_copy(
+        update={**updates, "activities": activities, "technologies": technologies}
+    )
 
 
 def account_domain(profile: LeadProfile, free_mail_domains: Iterable[str]) -> str | None:

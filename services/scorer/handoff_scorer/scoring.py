@@ -3,11 +3,12 @@
 How a lead is scored
 --------------------
 **Fit** says how closely the person and their company match the ICP. Each fit criterion
-(industry, company size, country, job title) has a weight: the most points it can give. A
-lead earns the points of the best option it matches in each criterion, and nothing for a
-criterion it does not match or leaves blank. The fit score is the share of all available
-points the lead earned, from 0 to 100, and the grade (A best ... D worst) follows from the
-ICP's thresholds on that score.
+(industry, company size, country, job title, technologies) has a weight: the most points it
+can give. A lead earns the points of the best option it matches in each criterion, and
+nothing for a criterion it does not match or leaves blank. Technologies add up instead: each
+listed technology the company uses earns the same points, up to the weight. The fit score is
+the share of all available points the lead earned, from 0 to 100, and the grade (A best ...
+D worst) follows from the ICP's thresholds on that score.
 
 **Disqualifiers** override fit: a free-mail address, a competitor's domain or a student job
 title makes the grade D whatever the score, and each reason is listed on the lead.
@@ -184,6 +185,35 @@ class TitleCriterion(_IcpPart):
         return value
 
 
+class TechnologyCriterion(_IcpPart):
+    """Target technologies (case-insensitive): each one the lead's company uses earns
+    `points_each`, up to the weight."""
+
+    weight: Points
+    names: list[Keyword] = Field(min_length=1)
+    points_each: Points
+
+    @field_validator("names")
+    @classmethod
+    def _names_listed_once(cls, value: list[str]) -> list[str]:
+        # Names match case- and spacing-insensitively, so two spellings would count twice.
+        seen: set[str] = set()
+        for name in value:
+            key = _normalise_text(name)
+            if key in seen:
+                raise ValueError(f"technology {name!r} is listed twice")
+            seen.add(key)
+        return value
+
+    @field_validator("points_each")
+    @classmethod
+    def _points_each_within_weight(cls, value: float, info: ValidationInfo) -> float:
+        weight = info.data.get("weight")
+        if weight is not None and value > weight:
+            raise ValueError(f"points_each ({value:g}) exceeds the criterion's weight ({weight:g})")
+        return value
+
+
 class FitCriteria(_IcpPart):
     """The fit criteria an ICP uses; leave one out to ignore it."""
 
@@ -191,12 +221,19 @@ class FitCriteria(_IcpPart):
     employees: EmployeeCriterion | None = None
     countries: CountryCriterion | None = None
     titles: TitleCriterion | None = None
+    technologies: TechnologyCriterion | None = None
 
     @model_validator(mode="after")
     def _at_least_one(self) -> Self:
         if not any(
             criterion is not None
-            for criterion in (self.industries, self.employees, self.countries, self.titles)
+            for criterion in (
+                self.industries,
+                self.employees,
+                self.countries,
+                self.titles,
+                self.technologies,
+            )
         ):
             raise ValueError("fit needs at least one criterion (industries, employees, ...)")
         return self
@@ -382,6 +419,8 @@ def _fit_contributions(lead: LeadProfile, fit: FitCriteria) -> list[Contribution
         contributions.append(_country_contribution(lead.country, fit.countries))
     if fit.titles is not None:
         contributions.append(_title_contribution(lead.title, fit.titles))
+    if fit.technologies is not None:
+        contributions.append(_technology_contribution(lead.technologies, fit.technologies))
     return contributions
 
 
@@ -427,6 +466,22 @@ def _title_contribution(title: str | None, criterion: TitleCriterion) -> Contrib
     if best is None:
         return _missed("titles", criterion.weight)
     return _earned("titles", best[1], best[0], criterion.weight)
+
+
+def _technology_contribution(
+    technologies: Sequence[str], criterion: TechnologyCriterion
+) -> Contribution:
+    targets = {_normalise_text(name) for name in criterion.names}
+    # Normalised name -> the lead's spelling; a technology the lead lists twice counts once.
+    matched: dict[str, str] = {}
+    for technology in technologies:
+        key = _normalise_text(technology)
+        if key in targets and key not in matched:
+            matched[key] = technology.strip()
+    if not matched:
+        return _missed("technologies", criterion.weight)
+    points = min(criterion.points_each * len(matched), criterion.weight)
+    return _earned("technologies", ", ".join(matched.values()), points, criterion.weight)
 
 
 def _earned(criterion: str, matched: str, points: float, max_points: float) -> Contribution:

@@ -46,6 +46,13 @@ def test_activities_accumulate_once_each_in_time_order() -> None:
     ]
 
 
+def test_technologies_accumulate_and_a_resend_without_them_keeps_them() -> None:
+    known = profile(technologies=["AWS", "Stripe"])
+    assert merge_profiles(known, profile()).technologies == ["AWS", "Stripe"]
+    merged = merge_profiles(known, profile(technologies=["aws", "Kubernetes"]))
+    assert merged.technologies == ["AWS", "Stripe", "Kubernetes"]
+
+
 @given(st.lists(st.sampled_from(["webinar_attended", "demo_requested"]), max_size=5))
 def test_merging_the_same_delivery_twice_changes_nothing(types: list[str]) -> None:
     received = profile(title="VP", activities=[Activity(type=t, occurred_at=T1) for t in types])

@@ -199,6 +199,67 @@ def test_title(title: str | None, points: float, matched: str | None) -> None:
     )
 
 
+TECH_ICP = make_icp(
+    **{
+        "fit.technologies": {
+            "weight": 10,
+            "points_each": 4,
+            "names": ["Kubernetes", "Google  Cloud", "Stripe"],
+        }
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("technologies", "points", "matched"),
+    [
+        (["Kubernetes"], 4, "Kubernetes"),
+        (["Stripe", "Kubernetes"], 8, "Stripe, Kubernetes"),  # in the lead's order
+        (["kubernetes", " STRIPE "], 8, "kubernetes, STRIPE"),  # the lead's own spelling
+        (["google cloud"], 4, "google cloud"),
+        (["Google\tCloud "], 4, "Google\tCloud"),
+        (["Stripe", "Google Cloud", "Kubernetes"], 10, "Stripe, Google Cloud, Kubernetes"),
+        (["Stripe", "stripe", " Stripe"], 4, "Stripe"),  # the same technology counts once
+        (["Kubernetes", "Salesforce"], 4, "Kubernetes"),
+        (["Salesforce", "HubSpot"], 0, None),
+        (["Kube"], 0, None),
+        (["Stripe Connect"], 0, None),  # whole names only
+        (["  "], 0, None),
+        ([], 0, None),
+    ],
+)
+def test_technologies(technologies: list[str], points: float, matched: str | None) -> None:
+    result = score_lead(make_lead(technologies=technologies), TECH_ICP, now=NOW)
+    assert contribution(result, "technologies") == Contribution(
+        criterion="technologies", matched=matched, points=points, max_points=10
+    )
+
+
+def test_technologies_count_towards_the_fit_score_after_the_titles() -> None:
+    lead = make_lead(industry="Software", employees=500, country="DE", technologies=["Stripe"])
+    result = score_lead(lead, TECH_ICP, now=NOW)
+
+    # 40 + 30 + 20 + 0 + 4 of 110
+    assert result.score == 85.45
+    assert [c.criterion for c in result.contributions] == [
+        "industries",
+        "employees",
+        "countries",
+        "titles",
+        "technologies",
+    ]
+
+
+def test_technologies_alone_can_make_an_icp() -> None:
+    icp = make_icp(
+        **{
+            "fit": {"technologies": {"weight": 10, "points_each": 10, "names": ["AWS"]}},
+        }
+    )
+    assert score_lead(make_lead(technologies=["aws"]), icp, now=NOW).score == 100
+    assert score_lead(make_lead(), icp, now=NOW).score == 0
+
+
 def test_a_lead_without_data_gets_every_criterion_with_zero_points() -> None:
     result = score_lead(make_lead(), ICP, now=NOW)
 
@@ -418,6 +479,48 @@ def test_the_result_is_frozen() -> None:
         ),
         ({"fit": {}}, ("fit",)),
         (
+            {"fit.technologies": {"weight": 10, "points_each": 5, "names": ["AWS"], "name": "x"}},
+            ("fit", "technologies", "name"),
+        ),
+        (
+            {"fit.technologies": {"weight": 10, "names": ["AWS"]}},
+            ("fit", "technologies", "points_each"),
+        ),
+        (
+            {"fit.technologies": {"weight": 10, "points_each": 0, "names": ["AWS"]}},
+            ("fit", "technologies", "points_each"),
+        ),
+        (
+            {"fit.technologies": {"weight": 10, "points_each": 11, "names": ["AWS"]}},
+            ("fit", "technologies", "points_each"),
+        ),
+        (
+            {"fit.technologies": {"weight": 0, "points_each": 5, "names": ["AWS"]}},
+            ("fit", "technologies", "weight"),
+        ),
+        (
+            {"fit.technologies": {"weight": 10, "points_each": 5, "names": []}},
+            ("fit", "technologies", "names"),
+        ),
+        (
+            {"fit.technologies": {"weight": 10, "points_each": 5, "names": ["AWS", " "]}},
+            ("fit", "technologies", "names", 1),
+        ),
+        (
+            {"fit.technologies": {"weight": 10, "points_each": 5, "names": ["AWS", " aws"]}},
+            ("fit", "technologies", "names"),
+        ),
+        (
+            {
+                "fit.technologies": {
+                    "weight": 10,
+                    "points_each": 5,
+                    "names": ["Google Cloud", "google  cloud"],
+                }
+            },
+            ("fit", "technologies", "names"),
+        ),
+        (
             {"disqualifiers.free_mail_domains": ["ada@gmail.com"]},
             ("disqualifiers", "free_mail_domains", 0),
         ),
@@ -450,6 +553,7 @@ INDUSTRIES = ["Software", "Fintech", "E-commerce", "Retail", "Health"]
 COUNTRIES = ["DE", "AT", "US", "GB", "FR", "SE"]
 TITLE_WORDS = ["vp", "Head", "director", "Chief", "manager", "engineer", "of", "sales", "Student"]
 ACTIVITY_TYPES = ["demo_requested", "webinar_attended", "email_clicked", "podcast_listened"]
+TECHNOLOGIES = ["Kubernetes", "AWS", "Google Cloud", "Stripe", "Salesforce", "COBOL"]
 
 points = st.floats(min_value=0.1, max_value=100)
 slack = st.floats(min_value=0, max_value=20)
@@ -488,7 +592,10 @@ def tiered(draw: st.DrawFn, key: str, options: st.SearchStrategy[dict[str, Any]]
 @st.composite
 def icps(draw: st.DrawFn) -> IcpDocument:
     criteria = draw(
-        st.sets(st.sampled_from(["industries", "employees", "countries", "titles"]), min_size=1)
+        st.sets(
+            st.sampled_from(["industries", "employees", "countries", "titles", "technologies"]),
+            min_size=1,
+        )
     )
     fit: dict[str, Any] = {}
     if "industries" in criteria:
@@ -500,6 +607,10 @@ def icps(draw: st.DrawFn) -> IcpDocument:
         fit["countries"] = tiered(draw, "regions", country_regions)
     if "titles" in criteria:
         fit["titles"] = tiered(draw, "seniority", seniority_tiers)
+    if "technologies" in criteria:
+        names = draw(st.lists(st.sampled_from(TECHNOLOGIES[:5]), min_size=1, unique=True))
+        each = draw(points)
+        fit["technologies"] = {"weight": each + draw(slack), "names": names, "points_each": each}
     grade_a, grade_b, grade_c = draw(three_descending(0.01, 100))
     level_1, level_2, level_3 = draw(three_descending(0.01, 200))
     return IcpDocument.model_validate(
@@ -544,6 +655,9 @@ def leads(draw: st.DrawFn) -> LeadProfile:
         employees=draw(st.none() | st.integers(0, 20_000)),
         country=draw(st.none() | st.sampled_from([*COUNTRIES, "de", "us"])),
         activities=draw(st.lists(activities, max_size=6)),
+        technologies=draw(
+            st.lists(st.sampled_from([*TECHNOLOGIES, "kubernetes", " aws "]), max_size=4)
+        ),
     )
 
 
@@ -610,7 +724,7 @@ def test_adding_a_matching_value_never_lowers_the_score(
 ) -> None:
     configured = [
         name
-        for name in ("industries", "employees", "countries", "titles")
+        for name in ("industries", "employees", "countries", "titles", "technologies")
         if getattr(icp.fit, name)
     ]
     criterion = data.draw(st.sampled_from(configured))
@@ -628,13 +742,18 @@ def test_adding_a_matching_value_never_lowers_the_score(
         assert icp.fit.countries is not None
         region = data.draw(st.sampled_from(icp.fit.countries.regions))
         field, value = "country", data.draw(st.sampled_from(region.codes))
-    else:
+    elif criterion == "titles":
         assert icp.fit.titles is not None
         tier = data.draw(st.sampled_from(icp.fit.titles.seniority))
         keyword = data.draw(st.sampled_from(tier.keywords))
         # Best match counts, so a title that already matched keeps its words and gains one.
         field, value = "title", f"{lead.title or ''} {keyword}".strip()
-    blank = lead if field == "title" else lead.model_copy(update={field: None})
+    else:
+        assert icp.fit.technologies is not None
+        name = data.draw(st.sampled_from(icp.fit.technologies.names))
+        # Technologies add up, so the lead keeps the ones it has and gains one more.
+        field, value = "technologies", [*lead.technologies, name]
+    blank = lead if field in {"title", "technologies"} else lead.model_copy(update={field: None})
 
     before = score_lead(blank, icp, now=NOW)
     after = score_lead(blank.model_copy(update={field: value}), icp, now=NOW)
@@ -681,7 +800,13 @@ def test_the_demo_icp_loads() -> None:
     assert {"gmail.com", "gmx.de", "proton.me"} <= set(icp.disqualifiers.free_mail_domains)
 
 
-IDEAL = {"title": "CTO", "industry": "Fintech", "employees": 400, "country": "DE"}
+IDEAL = {
+    "title": "CTO",
+    "industry": "Fintech",
+    "employees": 400,
+    "country": "DE",
+    "technologies": ["Kubernetes", "Stripe"],
+}
 HOT = [activity("demo_requested", days_ago=1), activity("pricing_page_viewed", days_ago=0)]
 
 
@@ -693,6 +818,48 @@ def test_the_demo_icp_grades_an_ideal_hot_lead_a_and_hot() -> None:
     assert result.grade is FitGrade.A
     assert result.engagement_level == 1
     assert result.disqualifiers == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "score", "grade"),
+    [
+        # Fit totals 110 points; 100 of them need no technologies, so leads that send none
+        # (as most forms do) can still be A.
+        ({**IDEAL, "technologies": []}, 90.91, FitGrade.A),
+        ({**IDEAL, "technologies": ["AWS"]}, 95.45, FitGrade.A),
+        ({**IDEAL, "technologies": ["AWS", "Azure", "Segment"]}, 100, FitGrade.A),
+        (
+            {"title": "VP Engineering", "industry": "Software", "employees": 250, "country": "DE"},
+            90.91,
+            FitGrade.A,
+        ),
+        (
+            {"title": "VP Engineering", "industry": "Software", "employees": 30, "country": "DE"},
+            72.73,
+            FitGrade.B,
+        ),
+        (
+            {
+                "title": "Head of Engineering",
+                "industry": "Software",
+                "employees": 180,
+                "country": "DE",
+            },
+            81.82,
+            FitGrade.A,
+        ),
+        (
+            {"title": "CTO", "industry": "Retail", "employees": 300, "country": "DE"},
+            63.64,
+            FitGrade.B,
+        ),
+    ],
+)
+def test_the_demo_icp_grades_leads_with_and_without_technologies(
+    fields: dict[str, Any], score: float, grade: FitGrade
+) -> None:
+    result = score_lead(make_lead(**fields), load_demo_icp(), now=NOW)
+    assert (result.score, result.grade) == (score, grade)
 
 
 @pytest.mark.parametrize(
