@@ -43,6 +43,10 @@ def team(system: System) -> dict[str, Any]:
     """One team (the default) with two reps holding one working lead each."""
     created = httpx.post(f"{system.router}/v1/teams", json={"name": "Inbound EMEA"})
     assert created.status_code == 201, created.text
+    fallback = httpx.patch(
+        f"{system.router}/v1/teams/{created.json()['id']}", json={"is_default": True}
+    )
+    assert fallback.json()["is_default"] is True
     reps = [
         httpx.post(
             f"{system.router}/v1/reps",

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any
+from datetime import datetime, time
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Depends, status
-from pydantic import BaseModel, EmailStr, Field
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    model_validator,
+)
 
 from handoff_runtime.db import Database
 from handoff_runtime.problems import NotFound
 from handoff_runtime.service import database
-from handoff_schemas import utcnow
+from handoff_schemas import FitGrade, utcnow
 
 from . import service
 from .models import Rep
@@ -21,10 +30,66 @@ router = APIRouter(prefix="/v1")
 Db = Annotated[Database, Depends(database)]
 
 
+SizeBand = Literal["small", "mid", "large", "enterprise"]
+CountryCode = Annotated[str, Field(pattern=r"^[A-Za-z]{2}$", description="ISO 3166-1 alpha-2")]
+Name = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class Conditions(BaseModel):
+    """Which leads a rule takes; an empty list takes every value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    countries: list[CountryCode] = Field(default_factory=list, max_length=300)
+    industries: list[Name] = Field(default_factory=list, max_length=300)
+    size_bands: list[SizeBand] = Field(default_factory=list)
+    grades: list[FitGrade] = Field(default_factory=list)
+    product_interests: list[Name] = Field(default_factory=list, max_length=300)
+
+
+class RuleIn(BaseModel):
+    """One routing rule: leads matching all its conditions go to its team."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    team_id: str = Field(min_length=1, max_length=64)
+    conditions: Conditions = Field(default_factory=Conditions)
+
+
+class Rules(BaseModel):
+    """The ordered routing rules; the first match wins, else the fallback team."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[RuleIn] = Field(max_length=200)
+
+
 class TeamCreate(BaseModel):
     """A new sales team."""
 
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(min_length=1, max_length=200)
+    manager_name: str | None = Field(default=None, max_length=200)
+    manager_email: EmailStr | None = None
+    respect_working_hours: bool = Field(
+        default=False, description="Route only to reps within their working hours."
+    )
+
+
+class TeamUpdate(BaseModel):
+    """Changes to a team; omitted fields stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    manager_name: str | None = Field(default=None, max_length=200)
+    manager_email: EmailStr | None = None
+    respect_working_hours: bool | None = None
+    is_default: Literal[True] | None = Field(
+        default=None, description="true makes this the fallback team for leads no rule matches."
+    )
 
 
 class TeamPublic(BaseModel):
@@ -33,10 +98,70 @@ class TeamPublic(BaseModel):
     id: str
     name: str
     is_default: bool
+    manager_name: str | None
+    manager_email: str | None
+    respect_working_hours: bool
     created_at: datetime
 
 
-class RepCreate(BaseModel):
+class WorkingHoursIn(BaseModel):
+    """Local working hours on ISO weekdays (1 = Monday) in the rep's time zone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: time
+    end: time
+    days: list[Annotated[int, Field(ge=1, le=7)]] = Field(default=[1, 2, 3, 4, 5], min_length=1)
+
+    @model_validator(mode="after")
+    def _start_before_end(self) -> WorkingHoursIn:
+        if self.start >= self.end:
+            raise ValueError("start must be before end")
+        return self
+
+
+class OutOfOffice(BaseModel):
+    """A period the rep takes no new leads."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: AwareDatetime
+    end: AwareDatetime
+
+    @model_validator(mode="after")
+    def _start_before_end(self) -> OutOfOffice:
+        if self.start >= self.end:
+            raise ValueError("start must be before end")
+        return self
+
+
+def _known_zone(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+    return value
+
+
+TimeZone = Annotated[str, Field(max_length=64), AfterValidator(_known_zone)]
+
+
+class RepProfile(BaseModel):
+    """What a rep covers and when they take leads."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    daily_cap: int | None = Field(default=None, ge=0, le=10_000, description="New leads a day.")
+    timezone: TimeZone = "UTC"
+    working_hours: WorkingHoursIn | None = None
+    out_of_office: list[OutOfOffice] = Field(default_factory=list, max_length=100)
+    countries: list[CountryCode] = Field(default_factory=list, max_length=300)
+    industries: list[Name] = Field(default_factory=list, max_length=300)
+    size_bands: list[SizeBand] = Field(default_factory=list)
+
+
+class RepCreate(RepProfile):
     """A new rep and how many working leads they can hold at once."""
 
     team_id: str = Field(min_length=1, max_length=64)
@@ -48,15 +173,25 @@ class RepCreate(BaseModel):
 
 
 class RepUpdate(BaseModel):
-    """Changes to a rep; omitted fields stay as they are."""
+    """Changes to a rep; omitted fields stay as they are (null clears daily_cap and
+    working_hours)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     capacity: int | None = Field(default=None, ge=0, le=10_000)
     weight: float | None = Field(default=None, gt=0, le=100)
     active: bool | None = None
+    daily_cap: int | None = Field(default=None, ge=0, le=10_000)
+    timezone: TimeZone | None = None
+    working_hours: WorkingHoursIn | None = None
+    out_of_office: list[OutOfOffice] | None = Field(default=None, max_length=100)
+    countries: list[CountryCode] | None = Field(default=None, max_length=300)
+    industries: list[Name] | None = Field(default=None, max_length=300)
+    size_bands: list[SizeBand] | None = None
 
 
 class RepPublic(BaseModel):
-    """A rep with their load."""
+    """A rep with their load and what they cover."""
 
     id: str
     team_id: str
@@ -67,6 +202,13 @@ class RepPublic(BaseModel):
     headroom: int
     weight: float
     active: bool
+    daily_cap: int | None
+    timezone: str
+    working_hours: dict[str, Any] | None
+    out_of_office: list[dict[str, Any]]
+    countries: list[str]
+    industries: list[str]
+    size_bands: list[str]
     last_assigned_at: datetime | None
 
 
@@ -121,6 +263,13 @@ def _rep_public(rep: Rep) -> RepPublic:
         headroom=max(0, rep.capacity - rep.working) if rep.active else 0,
         weight=rep.weight,
         active=rep.active,
+        daily_cap=rep.daily_cap,
+        timezone=rep.timezone,
+        working_hours=rep.working_hours,
+        out_of_office=rep.out_of_office,
+        countries=rep.countries,
+        industries=rep.industries,
+        size_bands=rep.size_bands,
         last_assigned_at=rep.last_assigned_at,
     )
 
@@ -131,8 +280,40 @@ def _rep_public(rep: Rep) -> RepPublic:
 async def create_team(body: TeamCreate, db: Db) -> TeamPublic:
     """Create a sales team (the first one receives leads by default)."""
     async with db.unit_of_work() as uow:
-        team = await service.create_team(uow, body.name)
+        team = await service.create_team(uow, **body.model_dump(mode="json"))
     return TeamPublic.model_validate(team, from_attributes=True)
+
+
+@router.patch("/teams/{team_id}", response_model=TeamPublic, tags=["teams"])
+async def update_team(team_id: str, body: TeamUpdate, db: Db) -> TeamPublic:
+    """Change a team's name, manager or working-hours policy."""
+    async with db.unit_of_work() as uow:
+        team = await service.update_team(
+            uow, team_id, **body.model_dump(mode="json", exclude_unset=True)
+        )
+        public = TeamPublic.model_validate(team, from_attributes=True)
+    return public
+
+
+@router.get("/routing-rules", response_model=Rules, tags=["teams"])
+async def get_rules(db: Db) -> Rules:
+    """The ordered routing rules."""
+    async with db.unit_of_work() as uow:
+        rows = await RouterRepository(uow.session).rules()
+        return Rules(
+            rules=[
+                RuleIn(name=r.name, team_id=r.team_id, conditions=Conditions(**r.conditions))
+                for r in rows
+            ]
+        )
+
+
+@router.put("/routing-rules", response_model=Rules, tags=["teams"])
+async def put_rules(body: Rules, db: Db) -> Rules:
+    """Replace the ordered routing rules; leads matching no rule go to the fallback team."""
+    async with db.unit_of_work() as uow:
+        await service.replace_rules(uow, [r.model_dump(mode="json") for r in body.rules])
+    return body
 
 
 @router.get("/teams", response_model=list[TeamPublic], tags=["teams"])
@@ -147,7 +328,7 @@ async def list_teams(db: Db) -> list[TeamPublic]:
 async def create_rep(body: RepCreate, db: Db) -> RepPublic:
     """Add a rep to a team; if leads are queued and the rep has room they are assigned now."""
     async with db.unit_of_work() as uow:
-        rep = await service.create_rep(uow, **body.model_dump())
+        rep = await service.create_rep(uow, **body.model_dump(mode="json"))
         public = _rep_public(rep)
     return public
 
@@ -164,7 +345,9 @@ async def list_reps(db: Db) -> list[RepPublic]:
 async def update_rep(rep_id: str, body: RepUpdate, db: Db) -> RepPublic:
     """Change a rep's capacity, weight or availability; new room drains the backlog at once."""
     async with db.unit_of_work() as uow:
-        rep = await service.update_rep(uow, rep_id, **body.model_dump())
+        rep = await service.update_rep(
+            uow, rep_id, **body.model_dump(mode="json", exclude_unset=True)
+        )
         public = _rep_public(rep)
     return public
 

@@ -22,6 +22,9 @@ class Team(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=64)
     name: str
     is_default: bool = False
+    manager_name: str | None = None
+    manager_email: str | None = None
+    respect_working_hours: bool = False
     created_at: datetime = Field(sa_type=TS)
 
 
@@ -42,6 +45,15 @@ class Rep(SQLModel, table=True):
     working: int = 0
     active: bool = True
     weight: float = 1.0
+    daily_cap: int | None = None
+    timezone: str = "UTC"
+    working_hours: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(JSONB))
+    out_of_office: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=sa.Column(JSONB, nullable=False)
+    )
+    countries: list[str] = Field(default_factory=list, sa_column=sa.Column(JSONB, nullable=False))
+    industries: list[str] = Field(default_factory=list, sa_column=sa.Column(JSONB, nullable=False))
+    size_bands: list[str] = Field(default_factory=list, sa_column=sa.Column(JSONB, nullable=False))
     last_assigned_at: datetime | None = Field(default=None, sa_type=TS)
     created_at: datetime = Field(sa_type=TS)
 
@@ -115,3 +127,16 @@ class Decision(SQLModel, table=True):
     outcome: str
     decided_at: datetime = Field(sa_type=TS)
     decision: dict[str, Any] = Field(sa_column=sa.Column(JSONB, nullable=False))
+
+
+class RoutingRule(SQLModel, table=True):
+    """One ordered routing rule: leads matching its conditions go to its team."""
+
+    __tablename__ = "routing_rules"
+    __table_args__ = {"schema": SCHEMA}
+
+    id: int | None = Field(default=None, primary_key=True)
+    position: int
+    name: str
+    team_id: str = Field(foreign_key=f"{SCHEMA}.teams.id")
+    conditions: dict[str, Any] = Field(sa_column=sa.Column(JSONB, nullable=False))

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from .models import Assignment, BacklogEntry, Decision, Rep, RoutedLead, Team
+from .models import Assignment, BacklogEntry, Decision, Rep, RoutedLead, RoutingRule, Team
 
 
 class RouterRepository:
@@ -64,6 +64,34 @@ class RouterRepository:
             Rep, rep_id, with_for_update=for_update, populate_existing=True
         )
 
+    async def rules(self) -> Sequence[RoutingRule]:
+        """The routing rules in the order they are tried."""
+        query = select(RoutingRule).order_by(col(RoutingRule.position))
+        return (await self.session.execute(query)).scalars().all()
+
+    async def replace_rules(self, rules: Sequence[RoutingRule]) -> None:
+        """Make `rules` (already positioned) the whole ordered rule list."""
+        await self.session.execute(sa.delete(RoutingRule))
+        self.session.add_all(rules)
+        await self.session.flush()
+
+    async def assigned_today(self, team_id: str) -> dict[str, int]:
+        """Per rep of the team: leads assigned since midnight in the rep's own time zone."""
+        query = sa.text(
+            """
+            SELECT r.id, count(a.id)
+            FROM router.reps r
+            LEFT JOIN router.assignments a
+              ON a.rep_id = r.id
+             AND a.assigned_at >= (date_trunc('day', now() AT TIME ZONE r.timezone)
+                                   AT TIME ZONE r.timezone)
+            WHERE r.team_id = :team_id
+            GROUP BY r.id
+            """
+        )
+        rows = (await self.session.execute(query, {"team_id": team_id})).all()
+        return {rep_id: int(count) for rep_id, count in rows}
+
     async def routed_lead(self, lead_id: str) -> RoutedLead | None:
         """Where a lead stands with the router, if it has seen it."""
         return await self.session.get(RoutedLead, lead_id, populate_existing=True)
@@ -78,17 +106,17 @@ class RouterRepository:
         result = await self.session.execute(query.execution_options(populate_existing=True))
         return result.scalars().first()
 
-    async def next_in_backlog(self, team_id: str) -> BacklogEntry | None:
-        """The queued lead of a team that goes first: best grade, highest score, oldest."""
+    async def queued_in_order(self, team_id: str, *, limit: int) -> Sequence[BacklogEntry]:
+        """A team's queued leads in drain order: best grade, highest score, oldest."""
         query = (
             select(BacklogEntry)
             .where(BacklogEntry.team_id == team_id)
             .order_by(
                 col(BacklogEntry.grade), col(BacklogEntry.score).desc(), col(BacklogEntry.queued_at)
             )
-            .limit(1)
+            .limit(limit)
         )
-        return (await self.session.execute(query)).scalars().first()
+        return (await self.session.execute(query)).scalars().all()
 
     async def backlog_entry(self, lead_id: str) -> BacklogEntry | None:
         """A lead's place in the backlog, if it is queued."""

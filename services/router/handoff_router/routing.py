@@ -1,27 +1,148 @@
-"""The router's rules as pure functions: who may take a lead, who gets it, what waits.
+"""The router's rules as pure functions: which team, who may take a lead, who gets it, what
+waits.
 
-A rep is eligible when active and below capacity. Among eligible reps the least loaded wins
-(working / capacity, divided by the rep's weight so a weight-2 rep takes twice the share);
-a tie goes to the rep whose last assignment is oldest (never-assigned first), so nobody wins
-every tie; the rep id breaks what is left, for determinism. Low-fit leads go to nurture.
-The backlog drains best fit grade first, then highest score, then oldest.
+Team: the ordered routing rules are tried in turn; the first whose conditions all hold for
+the lead (country, industry, company-size band, fit grade, product interest — an empty
+condition holds for every lead) names the team; when none matches, the fallback (default)
+team takes the lead.
+
+Rep: a rep is eligible for a lead when active, not out of office, within working hours (when
+the team respects them), under their daily cap of new leads, and covering the lead (each
+territory or segment the rep lists must include the lead's value). An eligible rep with room
+(working < capacity) can be chosen. Among those the least loaded wins (working / capacity,
+divided by the rep's weight so a weight-2 rep takes twice the share); a tie goes to the rep
+whose last assignment is oldest (never-assigned first), so nobody wins every tie; the rep id
+breaks what is left, for determinism.
+
+Low-fit leads go to nurture. The backlog drains best fit grade first, then highest score,
+then oldest — each queued lead to a rep eligible for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, time
 from fractions import Fraction
+from zoneinfo import ZoneInfo
 
 from handoff_schemas import Candidate, FitGrade
 
 _GRADE_RANK = {FitGrade.A: 0, FitGrade.B: 1, FitGrade.C: 2, FitGrade.D: 3}
 
+SIZE_BANDS: tuple[tuple[str, int, int | None], ...] = (
+    ("small", 0, 49),
+    ("mid", 50, 199),
+    ("large", 200, 999),
+    ("enterprise", 1000, None),
+)
+"""Company-size bands by employee count (inclusive ranges)."""
+
+
+def size_band(employees: int | None) -> str | None:
+    """The company-size band of an employee count, or None when unknown."""
+    if employees is None:
+        return None
+    for name, low, high in SIZE_BANDS:
+        if employees >= low and (high is None or employees <= high):
+            return name
+    return None
+
+
+@dataclass(frozen=True)
+class LeadFacts:
+    """What routing looks at in a lead."""
+
+    grade: FitGrade
+    score: float = 0.0
+    country: str | None = None
+    industry: str | None = None
+    employees: int | None = None
+    product_interest: str | None = None
+
+    @property
+    def size_band(self) -> str | None:
+        """The company-size band of the lead."""
+        return size_band(self.employees)
+
+
+def _norm(value: str | None) -> str | None:
+    return " ".join(value.lower().split()) if value else None
+
+
+def _holds(allowed: frozenset[str], value: str | None) -> bool:
+    """An empty condition holds for every lead; otherwise the lead's value must be listed."""
+    return not allowed or (value is not None and _norm(value) in allowed)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Territories and segments: which leads a rule or a rep takes (empty = any)."""
+
+    countries: frozenset[str] = frozenset()
+    industries: frozenset[str] = frozenset()
+    size_bands: frozenset[str] = frozenset()
+    grades: frozenset[str] = frozenset()
+    product_interests: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, **values: Sequence[str] | None) -> Coverage:
+        """Build coverage from lists as stored or posted, normalising case and spaces."""
+        return cls(
+            **{
+                k: frozenset(n for n in (_norm(v) for v in vs or ()) if n)
+                for k, vs in values.items()
+            }
+        )
+
+    def misses(self, lead: LeadFacts) -> str | None:
+        """Why the lead falls outside this coverage, or None when it is covered."""
+        checks = (
+            ("country", self.countries, lead.country),
+            ("industry", self.industries, lead.industry),
+            ("size band", self.size_bands, lead.size_band),
+            ("grade", self.grades, lead.grade.value),
+            ("product interest", self.product_interests, lead.product_interest),
+        )
+        for what, allowed, value in checks:
+            if not _holds(allowed, value):
+                return f"{what} {value or 'unknown'} not covered"
+        return None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One routing rule: leads it covers go to its team."""
+
+    name: str
+    team_id: str
+    conditions: Coverage
+
+
+def match_rule(rules: Sequence[Rule], lead: LeadFacts) -> Rule | None:
+    """The first rule, in order, whose conditions all hold for the lead."""
+    return next((r for r in rules if r.conditions.misses(lead) is None), None)
+
+
+@dataclass(frozen=True)
+class WorkingHours:
+    """When a rep works: local start and end time on the listed ISO weekdays (1 = Monday)."""
+
+    timezone: str
+    start: time
+    end: time
+    days: frozenset[int] = frozenset({1, 2, 3, 4, 5})
+
+    def contains(self, moment: datetime) -> bool:
+        """Whether `moment` (aware) falls inside these hours."""
+        local = moment.astimezone(ZoneInfo(self.timezone))
+        return local.isoweekday() in self.days and self.start <= local.time() < self.end
+
 
 @dataclass(frozen=True)
 class RepLoad:
-    """A rep as the routing rules see them: how much they hold and can hold."""
+    """A rep as the routing rules see them: how much they hold and can hold, and what they
+    cover."""
 
     rep_id: str
     name: str
@@ -30,6 +151,11 @@ class RepLoad:
     active: bool = True
     weight: float = 1.0
     last_assigned_at: datetime | None = None
+    coverage: Coverage = field(default_factory=Coverage)
+    daily_cap: int | None = None
+    assigned_today: int = 0
+    out_of_office: tuple[tuple[datetime, datetime], ...] = ()
+    working_hours: WorkingHours | None = None
 
     @property
     def has_room(self) -> bool:
@@ -44,11 +170,35 @@ class RepLoad:
             return Fraction(10**9)
         return Fraction(self.working, self.capacity) / Fraction(str(self.weight))
 
+    def unavailable(
+        self, lead: LeadFacts | None, now: datetime | None, *, respect_hours: bool = False
+    ) -> str | None:
+        """Why the rep cannot take this lead now (room aside), or None when they can."""
+        if not self.active:
+            return "inactive"
+        if now is not None and any(start <= now < end for start, end in self.out_of_office):
+            return "out of office"
+        hours = self.working_hours
+        if respect_hours and now is not None and hours is not None and not hours.contains(now):
+            return "outside working hours"
+        if self.daily_cap is not None and self.assigned_today >= self.daily_cap:
+            return "daily cap reached"
+        if lead is not None and (miss := self.coverage.misses(lead)) is not None:
+            return miss
+        return None
 
-def choose_rep(reps: Sequence[RepLoad]) -> tuple[RepLoad | None, list[Candidate]]:
+
+def choose_rep(
+    reps: Sequence[RepLoad],
+    lead: LeadFacts | None = None,
+    now: datetime | None = None,
+    *,
+    respect_hours: bool = False,
+) -> tuple[RepLoad | None, list[Candidate]]:
     """Pick the rep for a lead and explain the choice for every rep considered."""
+    reasons = {r.rep_id: r.unavailable(lead, now, respect_hours=respect_hours) for r in reps}
     eligible = sorted(
-        (r for r in reps if r.has_room),
+        (r for r in reps if reasons[r.rep_id] is None and r.has_room),
         key=lambda r: (
             r.load,
             r.last_assigned_at is not None,
@@ -63,16 +213,16 @@ def choose_rep(reps: Sequence[RepLoad]) -> tuple[RepLoad | None, list[Candidate]
             working=r.working,
             capacity=r.capacity,
             chosen=r is chosen,
-            why=_why(r, chosen),
+            why=_why(r, chosen, reasons[r.rep_id]),
         )
         for r in sorted(reps, key=lambda r: r.rep_id)
     ]
     return chosen, candidates
 
 
-def _why(rep: RepLoad, chosen: RepLoad | None) -> str:
-    if not rep.active:
-        return "inactive"
+def _why(rep: RepLoad, chosen: RepLoad | None, unavailable: str | None) -> str:
+    if unavailable is not None:
+        return unavailable
     if rep.working >= rep.capacity:
         return "at capacity"
     if rep is chosen:

@@ -4,6 +4,8 @@ manage teams and reps. Every change of a team happens under that team's routing 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, time
+from typing import Any
 
 from handoff_runtime.db import UnitOfWork
 from handoff_runtime.problems import DomainError, NotFound
@@ -21,9 +23,18 @@ from handoff_schemas import (
     utcnow,
 )
 
-from .models import Assignment, BacklogEntry, Decision, Rep, RoutedLead, Team
+from .models import Assignment, BacklogEntry, Decision, Rep, RoutedLead, RoutingRule, Team
 from .repository import RouterRepository
-from .routing import RepLoad, choose_rep, goes_to_nurture
+from .routing import (
+    Coverage,
+    LeadFacts,
+    RepLoad,
+    Rule,
+    WorkingHours,
+    choose_rep,
+    goes_to_nurture,
+    match_rule,
+)
 
 
 class NoSalesTeam(DomainError):
@@ -42,7 +53,12 @@ class UnknownTeam(DomainError):
     title = "Unknown team"
 
 
-def _rep_load(rep: Rep) -> RepLoad:
+DRAIN_WINDOW = 500
+"""How many queued leads one drain looks through for a lead some rep with room may take."""
+
+
+def _rep_load(rep: Rep, assigned_today: int = 0) -> RepLoad:
+    hours = rep.working_hours
     return RepLoad(
         rep_id=rep.id,
         name=rep.name,
@@ -51,7 +67,62 @@ def _rep_load(rep: Rep) -> RepLoad:
         active=rep.active,
         weight=rep.weight,
         last_assigned_at=rep.last_assigned_at,
+        coverage=Coverage.of(
+            countries=rep.countries, industries=rep.industries, size_bands=rep.size_bands
+        ),
+        daily_cap=rep.daily_cap,
+        assigned_today=assigned_today,
+        out_of_office=tuple(
+            (datetime.fromisoformat(o["start"]), datetime.fromisoformat(o["end"]))
+            for o in rep.out_of_office
+        ),
+        working_hours=(
+            WorkingHours(
+                timezone=rep.timezone,
+                start=time.fromisoformat(hours["start"]),
+                end=time.fromisoformat(hours["end"]),
+                days=frozenset(hours["days"]),
+            )
+            if hours
+            else None
+        ),
     )
+
+
+def lead_facts(scored: LeadScoredV1) -> LeadFacts:
+    """What routing looks at in a scored lead."""
+    return LeadFacts(
+        grade=scored.grade,
+        score=scored.score,
+        country=scored.lead.country,
+        industry=scored.lead.industry,
+        employees=scored.lead.employees,
+        product_interest=getattr(scored.lead, "product_interest", None),
+    )
+
+
+async def _team_loads(repo: RouterRepository, team_id: str) -> tuple[list[Rep], list[RepLoad]]:
+    """The team's reps, locked, and how the rules see them (caller holds the team lock)."""
+    reps = list(await repo.reps(team_id, for_update=True))
+    today = await repo.assigned_today(team_id)
+    return reps, [_rep_load(r, today.get(r.id, 0)) for r in reps]
+
+
+async def _team_for(repo: RouterRepository, facts: LeadFacts) -> tuple[Team, str]:
+    """The team a lead goes to and the rule that decided it."""
+    rules = [
+        Rule(name=r.name, team_id=r.team_id, conditions=Coverage.of(**r.conditions))
+        for r in await repo.rules()
+    ]
+    matched = match_rule(rules, facts)
+    if matched is not None:
+        team = await repo.team(matched.team_id)
+        if team is not None:
+            return team, matched.name
+    team = await repo.default_team()
+    if team is None:
+        raise NoSalesTeam("no sales team exists yet: create one with POST /v1/teams")
+    return team, "fallback_team"
 
 
 async def route_scored_lead(
@@ -87,13 +158,12 @@ async def route_scored_lead(
             subject=scored.lead_id,
         )
         return "nurture"
-    team = await repo.default_team()
-    if team is None:
-        raise NoSalesTeam("no sales team exists yet: create one with POST /v1/teams")
+    facts = lead_facts(scored)
+    team, rule = await _team_for(repo, facts)
     await repo.lock_team(team.id)
-    reps = await repo.reps(team.id, for_update=True)
-    chosen, candidates = choose_rep([_rep_load(r) for r in reps])
-    decision = _decision(scored, rule="default_team", team_id=team.id, candidates=candidates)
+    reps, loads = await _team_loads(repo, team.id)
+    chosen, candidates = choose_rep(loads, facts, now, respect_hours=team.respect_working_hours)
+    decision = _decision(scored, rule=rule, team_id=team.id, candidates=candidates)
     if chosen is None:
         repo.add(_routed(scored, state="queued", team_id=team.id, rep_id=None))
         repo.add(
@@ -242,18 +312,25 @@ async def release_lead(uow: UnitOfWork, change: LeadStatusChangedV1) -> bool:
 
 
 async def drain_backlog(uow: UnitOfWork, repo: RouterRepository, team_id: str) -> int:
-    """Assign queued leads, best first, while any rep of the team has room (caller holds the
-    team's lock). Returns how many were assigned."""
+    """Assign queued leads while any rep of the team has room (caller holds the team's lock):
+    in drain order, each lead to the best rep eligible for it; a lead no rep with room may
+    take (territory, segment, out of office...) keeps its place for a later drain.
+    Returns how many were assigned."""
+    team = await repo.team(team_id)
+    if team is None:
+        return 0
     assigned = 0
-    while True:
-        entry = await repo.next_in_backlog(team_id)
-        if entry is None:
-            return assigned
-        reps = await repo.reps(team_id, for_update=True)
-        chosen, candidates = choose_rep([_rep_load(r) for r in reps])
-        if chosen is None:
-            return assigned
+    now = utcnow()
+    reps, loads = await _team_loads(repo, team_id)
+    for entry in await repo.queued_in_order(team_id, limit=DRAIN_WINDOW):
+        if not any(load.has_room for load in loads):
+            break
         scored = LeadScoredV1.model_validate(entry.scored)
+        chosen, candidates = choose_rep(
+            loads, lead_facts(scored), now, respect_hours=team.respect_working_hours
+        )
+        if chosen is None:
+            continue
         rep = next(r for r in reps if r.id == chosen.rep_id)
         await repo.remove_from_backlog(entry)
         routed = await repo.routed_lead(scored.lead_id)
@@ -263,16 +340,58 @@ async def drain_backlog(uow: UnitOfWork, repo: RouterRepository, team_id: str) -
         await _assign(uow, repo, scored, rep, decision)
         await repo.flush()
         assigned += 1
+        reps, loads = await _team_loads(repo, team_id)
+    return assigned
 
 
-async def create_team(uow: UnitOfWork, name: str) -> Team:
-    """Create a team; the first team becomes the default one."""
+async def create_team(uow: UnitOfWork, name: str, **profile: Any) -> Team:
+    """Create a team; the first team becomes the default (fallback) one."""
     repo = RouterRepository(uow.session)
     team = Team(
-        id=uuid.uuid4().hex, name=name, is_default=not await repo.teams(), created_at=utcnow()
+        id=uuid.uuid4().hex,
+        name=name,
+        is_default=not await repo.teams(),
+        created_at=utcnow(),
+        **profile,
     )
     repo.add(team)
     return team
+
+
+async def update_team(uow: UnitOfWork, team_id: str, **changes: Any) -> Team:
+    """Change a team's name, manager or working-hours policy, or make it the fallback team;
+    may drain its backlog."""
+    repo = RouterRepository(uow.session)
+    if await repo.team(team_id) is None:
+        raise NotFound(f"no team {team_id}")
+    await repo.lock_team(team_id)
+    team = await repo.team(team_id)
+    assert team is not None
+    if changes.pop("is_default", None):
+        for other in await repo.teams():
+            other.is_default = other.id == team_id
+    for field, value in changes.items():
+        if value is not None or field in {"manager_name", "manager_email"}:
+            setattr(team, field, value)
+    await repo.flush()
+    await drain_backlog(uow, repo, team_id)
+    return team
+
+
+async def replace_rules(uow: UnitOfWork, rules: list[dict[str, Any]]) -> list[RoutingRule]:
+    """Make `rules` the ordered routing rules (each: name, team_id, conditions)."""
+    repo = RouterRepository(uow.session)
+    known = {t.id for t in await repo.teams()}
+    unknown = [
+        {"field": f"body.rules.{i}.team_id", "reason": "no such team"}
+        for i, rule in enumerate(rules)
+        if rule["team_id"] not in known
+    ]
+    if unknown:
+        raise UnknownTeam("a rule names a team that does not exist", errors=unknown)
+    rows = [RoutingRule(position=i, **rule) for i, rule in enumerate(rules)]
+    await repo.replace_rules(rows)
+    return rows
 
 
 async def create_rep(
@@ -282,8 +401,9 @@ async def create_rep(
     name: str,
     email: str,
     capacity: int,
-    weight: float,
-    active: bool,
+    weight: float = 1.0,
+    active: bool = True,
+    **profile: Any,
 ) -> Rep:
     """Add a rep to a team; queued leads flow to them at once if they have room."""
     repo = RouterRepository(uow.session)
@@ -301,6 +421,7 @@ async def create_rep(
         weight=weight,
         active=active,
         created_at=utcnow(),
+        **profile,
     )
     repo.add(rep)
     await repo.flush()
@@ -308,10 +429,13 @@ async def create_rep(
     return rep
 
 
-async def update_rep(
-    uow: UnitOfWork, rep_id: str, *, capacity: int | None, active: bool | None, weight: float | None
-) -> Rep:
-    """Change a rep's capacity, weight or availability; new room drains the backlog."""
+NULLABLE_REP_FIELDS = frozenset({"daily_cap", "working_hours"})
+"""Rep fields an update may clear with null; for the others null means "unchanged"."""
+
+
+async def update_rep(uow: UnitOfWork, rep_id: str, **changes: Any) -> Rep:
+    """Change a rep's capacity, weight, availability, coverage or hours; new room drains the
+    backlog at once."""
     repo = RouterRepository(uow.session)
     rep = await repo.rep(rep_id)
     if rep is None:
@@ -319,12 +443,9 @@ async def update_rep(
     await repo.lock_team(rep.team_id)
     rep = await repo.rep(rep_id, for_update=True)
     assert rep is not None
-    if capacity is not None:
-        rep.capacity = capacity
-    if active is not None:
-        rep.active = active
-    if weight is not None:
-        rep.weight = weight
+    for field, value in changes.items():
+        if value is not None or field in NULLABLE_REP_FIELDS:
+            setattr(rep, field, value)
     await repo.flush()
     await drain_backlog(uow, repo, rep.team_id)
     return rep
