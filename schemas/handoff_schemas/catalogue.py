@@ -15,9 +15,11 @@ from .events import (
     IcpPublishedV1,
     LeadAssignedV1,
     LeadCreatedV1,
+    LeadEscalatedV1,
     LeadNurtureRequestedV1,
     LeadQueuedV1,
     LeadScoredV1,
+    LeadSlaBreachedV1,
     LeadStatusChangedV1,
 )
 
@@ -141,6 +143,20 @@ EVENTS: tuple[EventType, ...] = (
         ("router", "feedback"),
         "Sales will not work the lead now (low fit, no capacity, or a nurturable reason "
         "from sales); marketing should nurture it until the re-qualify date.",
+    ),
+    EventType(
+        "handoff.lead.sla_breached.v1",
+        LeadSlaBreachedV1,
+        (LEAD_ROUTING.name,),
+        ("router",),
+        "The owner missed the first-touch deadline; the lead is taken away and reassigned.",
+    ),
+    EventType(
+        "handoff.lead.escalated.v1",
+        LeadEscalatedV1,
+        (LEAD_ROUTING.name,),
+        ("router",),
+        "The lead keeps missing first-touch deadlines; the team manager is named.",
     ),
     EventType(
         "handoff.lead.status_changed.v1",

@@ -149,6 +149,31 @@ class LeadQueuedV1(_Payload):
     decision: RoutingDecision
 
 
+class LeadSlaBreachedV1(_Payload):
+    """The owner did not touch the lead by its first-touch deadline; their slot is freed and
+    the lead is reassigned (or queued)."""
+
+    lead_id: str = Field(min_length=1, max_length=64)
+    rep_id: str
+    team_id: str
+    assigned_at: AwareDatetime
+    due_at: AwareDatetime
+    breached_at: AwareDatetime
+    reassignments: int = Field(ge=0, description="Times this lead has been taken away so far.")
+
+
+class LeadEscalatedV1(_Payload):
+    """A lead keeps missing its first-touch deadline: its team manager should step in."""
+
+    lead_id: str = Field(min_length=1, max_length=64)
+    team_id: str
+    manager_name: str | None
+    manager_email: str | None
+    reassignments: int = Field(ge=0)
+    reason: str
+    escalated_at: AwareDatetime
+
+
 class NurtureReason(StrEnum):
     """Why a lead goes (back) to marketing's nurture programmes."""
 
