@@ -1,6 +1,7 @@
 """Handoff event contracts: the CloudEvents envelope, v1 payloads, topics and their codec."""
 
 from .catalogue import (
+    CAPACITY,
     DEAD_LETTER_TOPICS,
     EVENTS,
     EVENTS_BY_TYPE,
@@ -20,6 +21,8 @@ from .events import (
     WORKING_STATUSES,
     Activity,
     Candidate,
+    CapacityChangedV1,
+    CapacityLevel,
     Contribution,
     FitGrade,
     IcpPublishedV1,
@@ -38,6 +41,7 @@ from .events import (
 )
 
 __all__ = [
+    "CAPACITY",
     "CONTENT_TYPE",
     "DEAD_LETTER_TOPICS",
     "EVENTS",
@@ -51,6 +55,8 @@ __all__ = [
     "WORKING_STATUSES",
     "Activity",
     "Candidate",
+    "CapacityChangedV1",
+    "CapacityLevel",
     "CloudEvent",
     "Contribution",
     "EventType",

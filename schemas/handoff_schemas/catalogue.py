@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from .events import (
+    CapacityChangedV1,
     IcpPublishedV1,
     LeadAssignedV1,
     LeadCreatedV1,
@@ -86,8 +87,17 @@ ICP = Topic(
     retention_ms=365 * 24 * 3600 * 1000,
     key="ICP version",
 )
+CAPACITY = Topic(
+    "handoff.capacity",
+    "Sales capacity headroom per team: an event each time a team's level (ok, busy, "
+    "saturated) changes, so marketing can pace campaigns to what sales can absorb.",
+    partitions=3,
+    producers=("router",),
+    consumers=("marketing automation",),
+    key="team id",
+)
 
-TOPICS: tuple[Topic, ...] = (LEAD_CREATED, LEAD_SCORED, LEAD_ROUTING, LEAD_STATUS, ICP)
+TOPICS: tuple[Topic, ...] = (LEAD_CREATED, LEAD_SCORED, LEAD_ROUTING, LEAD_STATUS, ICP, CAPACITY)
 
 
 def dead_letter_topic(service: str) -> Topic:
@@ -171,6 +181,14 @@ EVENTS: tuple[EventType, ...] = (
         (ICP.name,),
         ("scorer",),
         "A new ICP version is in force; every later score names the version it used.",
+    ),
+    EventType(
+        "handoff.capacity.changed.v1",
+        CapacityChangedV1,
+        (CAPACITY.name,),
+        ("router",),
+        "A team's capacity level changed: marketing should speed up or slow down the "
+        "campaigns that feed it.",
     ),
 )
 

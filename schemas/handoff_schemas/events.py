@@ -219,3 +219,39 @@ class IcpPublishedV1(_Payload):
     name: str
     published_at: AwareDatetime
     grades: dict[str, float] = Field(description="Fit score thresholds of grades A, B and C.")
+
+
+class CapacityLevel(StrEnum):
+    """How full a sales team is, as marketing paces campaigns by it."""
+
+    OK = "ok"
+    BUSY = "busy"
+    SATURATED = "saturated"
+
+
+class CapacityChangedV1(_Payload):
+    """A team's capacity level changed (or was seen for the first time): marketing should
+    speed up or slow down the campaigns that feed it."""
+
+    team_id: str = Field(min_length=1, max_length=64)
+    team_name: str
+    level: CapacityLevel = Field(
+        description="ok; busy from the busy utilisation threshold; saturated when no active "
+        "rep has a free slot or leads wait in the backlog."
+    )
+    previous_level: CapacityLevel | None = Field(
+        description="The level last announced for the team; null the first time."
+    )
+    capacity: int = Field(ge=0, description="Working leads the team's active reps can hold.")
+    working: int = Field(ge=0, description="Leads the team's reps work now.")
+    headroom: int = Field(ge=0, description="Free slots of the team's active reps.")
+    backlog: int = Field(ge=0, description="Leads waiting for room in the team.")
+    utilisation: float = Field(
+        ge=0, le=1, description="Share of the active reps' slots in use, 0-1 (1 when none)."
+    )
+    hours_until_saturation: float | None = Field(
+        ge=0,
+        description="Hours until no slot is free at the current intake and release rates; "
+        "0 when already full, null when the team is not filling up.",
+    )
+    at: AwareDatetime = Field(description="When the new level was observed.")

@@ -46,6 +46,12 @@ KEY_SCHEMAS: dict[str, dict[str, Any]] = {
         "pattern": "^icp/[0-9]+$",
         "description": "icp/<version>, equal to the envelope's subject.",
     },
+    "team id": {
+        "type": "string",
+        "minLength": 1,
+        "description": "The team id, equal to the envelope's subject and to data.team_id, so "
+        "that every capacity event of one team lands on one partition, in order.",
+    },
     "original key": {
         "description": "The key of the original record, unchanged (normally the lead id).",
     },

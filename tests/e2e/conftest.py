@@ -25,7 +25,11 @@ def system(infra: Infra) -> Iterator[System]:
         LOCAL_SOURCE: {"signed": False},
         SIGNED_SOURCE: {"secrets": [OLD_SECRET, NEW_SECRET]},
     }
-    with running_system(infra, HANDOFF_SCORER_WEBHOOK_SOURCES=json.dumps(sources)) as running:
+    with running_system(
+        infra,
+        HANDOFF_SCORER_WEBHOOK_SOURCES=json.dumps(sources),
+        HANDOFF_ROUTER_CAPACITY_CHECK_INTERVAL_S="0.5",
+    ) as running:
         icp = httpx.post(f"{running.scorer}/v1/icp", json=load_demo_icp().model_dump(mode="json"))
         assert icp.status_code == 201, icp.text
         yield running

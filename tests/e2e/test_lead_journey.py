@@ -83,6 +83,22 @@ async def routing_event(
     return decode(records[0].value)
 
 
+async def team_reps(
+    http: httpx.AsyncClient, system: System, team: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The reps of this module's team (other modules' teams share the router)."""
+    reps = (await http.get(f"{system.router}/v1/reps")).json()
+    return [r for r in reps if r["team_id"] == team["id"]]
+
+
+async def team_backlog(
+    http: httpx.AsyncClient, system: System, team: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """This module's team's backlog in drain order."""
+    answer = await http.get(f"{system.router}/v1/backlog", params={"team_id": team["id"]})
+    return list(answer.json())
+
+
 async def wait_for(check: Any, timeout_s: float = 20) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -156,10 +172,10 @@ async def test_capacity_is_never_exceeded_and_a_release_assigns_the_best_queued_
     for queued in (weaker, best):
         event = await routing_event(system, queued, "handoff.lead.queued.v1")
         assert all(c.working == c.capacity for c in event.data.decision.candidates)
-    reps = (await http.get(f"{system.router}/v1/reps")).json()
+    reps = await team_reps(http, system, team)
     assert all(r["working"] <= r["capacity"] for r in reps)
     assert sum(r["working"] for r in reps) == 2
-    backlog = (await http.get(f"{system.router}/v1/backlog")).json()
+    backlog = await team_backlog(http, system, team)
     assert [b["lead_id"] for b in backlog] == [best, weaker]
 
     # Sales works the first lead, then drops it: the slot goes to the best queued lead.
@@ -171,9 +187,9 @@ async def test_capacity_is_never_exceeded_and_a_release_assigns_the_best_queued_
     drained = await routing_event(system, best, "handoff.lead.assigned.v1")
     assert drained.data.rep_id == assigned.data.rep_id
     assert drained.data.decision.rule == "backlog_drain"
-    backlog = (await http.get(f"{system.router}/v1/backlog")).json()
+    backlog = await team_backlog(http, system, team)
     assert [b["lead_id"] for b in backlog] == [weaker]
-    reps = (await http.get(f"{system.router}/v1/reps")).json()
+    reps = await team_reps(http, system, team)
     assert all(r["working"] == r["capacity"] == 1 for r in reps)
 
     # Marketing hears why, with a date to re-qualify.

@@ -6,7 +6,7 @@ from datetime import datetime, time
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Request, status
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -19,12 +19,14 @@ from pydantic import (
 
 from handoff_runtime.db import Database
 from handoff_runtime.problems import NotFound
-from handoff_runtime.service import database
-from handoff_schemas import FitGrade, utcnow
+from handoff_runtime.service import database, runtime_of
+from handoff_schemas import CapacityLevel, FitGrade, utcnow
 
 from . import service
 from .models import Rep
 from .repository import RouterRepository
+from .settings import RouterSettings
+from .workers import team_loads, thresholds_of
 
 router = APIRouter(prefix="/v1")
 Db = Annotated[Database, Depends(database)]
@@ -213,15 +215,47 @@ class RepPublic(BaseModel):
 
 
 class TeamCapacity(BaseModel):
-    """How much room a team has: what marketing paces campaigns by."""
+    """How much room a team has and how fast it fills: what marketing paces campaigns by."""
 
     team_id: str
     name: str
-    capacity: int = Field(description="Working leads the team's active reps can hold.")
-    working: int
-    headroom: int
-    backlog: int
-    oldest_backlog_age_seconds: float | None
+    capacity: int = Field(description="Working leads (count) the team's active reps can hold.")
+    working: int = Field(
+        description="Leads (count) the team's reps work now: assigned, accepted, contacted."
+    )
+    headroom: int = Field(
+        description="Free slots (count) of the team's active reps: leads it can take now."
+    )
+    backlog: int = Field(description="Leads (count) waiting for room in the team.")
+    oldest_backlog_age_seconds: float | None = Field(
+        description="Seconds the oldest queued lead has waited; null when none waits."
+    )
+    utilisation: float = Field(
+        ge=0,
+        le=1,
+        description="Share of the active reps' slots in use, 0-1 (1 when the team has no "
+        "capacity).",
+    )
+    intake_per_hour: float = Field(
+        ge=0,
+        description="New leads per hour assigned or queued to the team, averaged over the last "
+        "rate_window_hours (backlog drains and reassignments are not new leads).",
+    )
+    release_per_hour: float = Field(
+        ge=0,
+        description="Slots per hour sales freed (leads that left the working statuses), "
+        "averaged over the last rate_window_hours.",
+    )
+    hours_until_saturation: float | None = Field(
+        ge=0,
+        description="Hours until no slot is free at the current intake and release rates: "
+        "headroom / (intake_per_hour - release_per_hour); 0 when already full; null when the "
+        "team is not filling up.",
+    )
+    level: CapacityLevel = Field(
+        description="ok; busy from busy_utilisation; saturated when no slot is free or leads "
+        "wait in the backlog. Changes are announced as handoff.capacity.changed.v1."
+    )
     reps: list[RepPublic]
 
 
@@ -230,6 +264,10 @@ class CapacityPublic(BaseModel):
 
     teams: list[TeamCapacity]
     as_of: datetime
+    rate_window_hours: float = Field(
+        description="The hours the intake and release rates are averaged over."
+    )
+    busy_utilisation: float = Field(description="Utilisation (0-1) from which a team is busy.")
 
 
 class BacklogItem(BaseModel):
@@ -352,33 +390,53 @@ async def update_rep(rep_id: str, body: RepUpdate, db: Db) -> RepPublic:
     return public
 
 
+def _settings(request: Request) -> RouterSettings:
+    settings = runtime_of(request).settings
+    assert isinstance(settings, RouterSettings)
+    return settings
+
+
+Settings = Annotated[RouterSettings, Depends(_settings)]
+
+
 @router.get("/capacity", response_model=CapacityPublic, tags=["capacity"])
-async def capacity(db: Db) -> CapacityPublic:
-    """Per team: capacity, working, headroom, backlog size and the oldest queued lead's age."""
+async def capacity(db: Db, settings: Settings) -> CapacityPublic:
+    """Per team: capacity, working, headroom, backlog size and the oldest queued lead's age,
+    utilisation, intake and release rates over the last hours, projected hours until
+    saturation and the level (ok, busy, saturated); and every rep's load."""
     now = utcnow()
+    thresholds = thresholds_of(settings)
+    window = settings.rate_window_hours
     async with db.unit_of_work() as uow:
         repo = RouterRepository(uow.session)
-        teams = await repo.teams()
+        loads = await team_loads(repo, now=now, window_hours=window)
         reps = await repo.reps()
-        backlog = await repo.backlog_stats()
-    result = []
-    for team in teams:
-        members = [_rep_public(r) for r in reps if r.team_id == team.id]
-        active = [r for r in members if r.active]
-        waiting, oldest = backlog.get(team.id, (0, None))
-        result.append(
+        members: dict[str, list[RepPublic]] = {}
+        for rep in reps:
+            members.setdefault(rep.team_id, []).append(_rep_public(rep))
+    return CapacityPublic(
+        teams=[
             TeamCapacity(
-                team_id=team.id,
-                name=team.name,
-                capacity=sum(r.capacity for r in active),
-                working=sum(r.working for r in members),
-                headroom=sum(r.headroom for r in active),
-                backlog=waiting,
-                oldest_backlog_age_seconds=(now - oldest).total_seconds() if oldest else None,
-                reps=members,
+                team_id=load.team_id,
+                name=load.name,
+                capacity=load.capacity,
+                working=load.working,
+                headroom=load.headroom,
+                backlog=load.backlog,
+                oldest_backlog_age_seconds=load.oldest_age_seconds(now),
+                utilisation=load.utilisation,
+                intake_per_hour=load.intake_per_hour,
+                release_per_hour=load.release_per_hour,
+                hours_until_saturation=load.hours_until_saturation,
+                level=load.level(thresholds),
+                reps=members.get(load.team_id, []),
             )
-        )
-    return CapacityPublic(teams=result, as_of=now)
+            for load in loads
+        ],
+        as_of=now,
+        rate_window_hours=window,
+        busy_utilisation=thresholds.busy,
+    )
 
 
 @router.get("/backlog", response_model=list[BacklogItem], tags=["capacity"])

@@ -18,11 +18,16 @@ def routing_consumer(settings: RouterSettings) -> Consumer:
 
     @consumer.handles(LeadScoredV1)
     async def route_lead(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
-        await service.route_scored_lead(uow, event.data, nurture_from=settings.nurture_from_grade)
+        await service.route_scored_lead(
+            uow,
+            event.data,
+            nurture_from=settings.nurture_from_grade,
+            account_owner_full=settings.account_owner_full,
+        )
 
     @consumer.handles(LeadStatusChangedV1)
-    async def release_capacity(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
-        await service.release_lead(uow, event.data)
+    async def follow_status(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        await service.lead_status_changed(uow, event.data)
 
     # nurture requests also travel on lead.status; the router has nothing to do with them
     consumer.subscribe_to(LEAD_SCORED.name, LEAD_STATUS.name)

@@ -80,6 +80,7 @@ class Assignment(SQLModel, table=True):
     assigned_at: datetime = Field(sa_type=TS)
     released_at: datetime | None = Field(default=None, sa_type=TS)
     release_reason: str | None = None
+    first_touched_at: datetime | None = Field(default=None, sa_type=TS)
 
 
 class RoutedLead(SQLModel, table=True):
@@ -97,6 +98,11 @@ class RoutedLead(SQLModel, table=True):
     icp_version: int
     received_at: datetime = Field(sa_type=TS)
     updated_at: datetime = Field(sa_type=TS)
+    reassignments: int = 0
+    account_domain: str | None = Field(default=None, index=True)
+    scored: dict[str, Any] | None = Field(
+        default=None, sa_column=sa.Column(JSONB), description="The scored event it was routed by."
+    )
 
 
 class BacklogEntry(SQLModel, table=True):
@@ -114,6 +120,9 @@ class BacklogEntry(SQLModel, table=True):
     score: float
     queued_at: datetime = Field(sa_type=TS)
     scored: dict[str, Any] = Field(sa_column=sa.Column(JSONB, nullable=False))
+    reserved_rep_id: str | None = Field(
+        default=None, description="The account owner this lead waits for, if any."
+    )
 
 
 class Decision(SQLModel, table=True):
@@ -140,3 +149,24 @@ class RoutingRule(SQLModel, table=True):
     name: str
     team_id: str = Field(foreign_key=f"{SCHEMA}.teams.id")
     conditions: dict[str, Any] = Field(sa_column=sa.Column(JSONB, nullable=False))
+
+
+class TeamCapacityLevel(SQLModel, table=True):
+    """The capacity level last announced for a team (`handoff.capacity.changed.v1`): the
+    level and the event change in one transaction, so each change is announced once."""
+
+    __tablename__ = "capacity_levels"
+    __table_args__ = {"schema": SCHEMA}
+
+    team_id: str = Field(primary_key=True, max_length=64, foreign_key=f"{SCHEMA}.teams.id")
+    level: str
+    changed_at: datetime = Field(sa_type=TS)
+
+
+# The capacity rates read the last hours of decisions and releases (migration 0004).
+sa.Index("decisions_decided_at", Decision.__table__.c.decided_at)  # type: ignore[attr-defined]
+sa.Index(
+    "assignments_released_at",
+    Assignment.__table__.c.released_at,  # type: ignore[attr-defined]
+    postgresql_where=sa.text("released_at IS NOT NULL"),
+)

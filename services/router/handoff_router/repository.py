@@ -92,6 +92,58 @@ class RouterRepository:
         rows = (await self.session.execute(query, {"team_id": team_id})).all()
         return {rep_id: int(count) for rep_id, count in rows}
 
+    async def due_first_touches(
+        self, deadline_seconds: dict[str, float], *, limit: int
+    ) -> list[int]:
+        """Active assignments whose first-touch deadline (by the lead's grade) has passed
+        without a touch, oldest first. Not locked: the caller re-checks under the team lock."""
+        deadline = sa.case(
+            *((col(RoutedLead.grade) == g, seconds) for g, seconds in deadline_seconds.items()),
+            else_=None,
+        )
+        query = (
+            sa.select(col(Assignment.id))
+            .join(RoutedLead, col(RoutedLead.lead_id) == col(Assignment.lead_id))
+            .where(
+                col(Assignment.active),
+                col(Assignment.first_touched_at).is_(None),
+                col(Assignment.assigned_at) + sa.func.make_interval(0, 0, 0, 0, 0, 0, deadline)
+                <= sa.func.now(),
+            )
+            .order_by(col(Assignment.assigned_at))
+            .limit(limit)
+        )
+        return [i for i in (await self.session.execute(query)).scalars().all() if i is not None]
+
+    async def account_owner(self, account_domain: str) -> str | None:
+        """The rep who owns an account: the owner of its current (else latest) assignment."""
+        query = (
+            sa.select(col(Assignment.rep_id))
+            .join(RoutedLead, col(RoutedLead.lead_id) == col(Assignment.lead_id))
+            .where(col(RoutedLead.account_domain) == account_domain)
+            .order_by(col(Assignment.active).desc(), col(Assignment.assigned_at).desc())
+            .limit(1)
+        )
+        return (await self.session.execute(query)).scalars().first()
+
+    async def queued_before(self, cutoff: datetime, *, limit: int) -> list[str]:
+        """Leads queued before `cutoff`, oldest first (not locked; re-checked by the caller)."""
+        query = (
+            sa.select(col(BacklogEntry.lead_id))
+            .where(col(BacklogEntry.queued_at) < cutoff)
+            .order_by(col(BacklogEntry.queued_at))
+            .limit(limit)
+        )
+        return list((await self.session.execute(query)).scalars().all())
+
+    async def assignment(
+        self, assignment_id: int, *, for_update: bool = False
+    ) -> Assignment | None:
+        """One assignment, freshly read."""
+        return await self.session.get(
+            Assignment, assignment_id, with_for_update=for_update, populate_existing=True
+        )
+
     async def routed_lead(self, lead_id: str) -> RoutedLead | None:
         """Where a lead stands with the router, if it has seen it."""
         return await self.session.get(RoutedLead, lead_id, populate_existing=True)
@@ -153,3 +205,92 @@ class RouterRepository:
             .order_by(col(Decision.decided_at), col(Decision.id))
         )
         return (await self.session.execute(query)).scalars().all()
+
+    async def capacity_counts(
+        self,
+        since: datetime,
+        *,
+        not_new_rules: Sequence[str],
+        not_release_reasons: Sequence[str],
+    ) -> list[dict[str, Any]]:
+        """Per team, oldest team first, in one statement (one snapshot): `capacity` and
+        `headroom` of its active reps, `working` of all its reps, `backlog` and
+        `oldest_queued_at`, `intake` (leads assigned or queued to it since `since`, except
+        decisions by `not_new_rules`) and `released` (assignments released since `since`,
+        except for `not_release_reasons`)."""
+        query = sa.text(
+            """
+            WITH slots AS (
+                SELECT team_id,
+                       coalesce(sum(capacity) FILTER (WHERE active), 0) AS capacity,
+                       coalesce(sum(working), 0) AS working,
+                       coalesce(sum(greatest(capacity - working, 0)) FILTER (WHERE active), 0)
+                           AS headroom
+                FROM router.reps
+                GROUP BY team_id
+            ), queued AS (
+                SELECT team_id, count(*) AS backlog, min(queued_at) AS oldest_queued_at
+                FROM router.backlog
+                GROUP BY team_id
+            ), intake AS (
+                SELECT decision ->> 'team_id' AS team_id, count(*) AS intake
+                FROM router.decisions
+                WHERE decided_at >= :since
+                  AND outcome IN ('assigned', 'queued')
+                  AND coalesce(decision ->> 'rule', '') <> ALL(:not_new_rules)
+                GROUP BY 1
+            ), released AS (
+                SELECT team_id, count(*) AS released
+                FROM router.assignments
+                WHERE released_at >= :since
+                  AND coalesce(release_reason, '') <> ALL(:not_release_reasons)
+                GROUP BY team_id
+            )
+            SELECT t.id AS team_id, t.name,
+                   coalesce(s.capacity, 0) AS capacity,
+                   coalesce(s.working, 0) AS working,
+                   coalesce(s.headroom, 0) AS headroom,
+                   coalesce(q.backlog, 0) AS backlog,
+                   q.oldest_queued_at,
+                   coalesce(i.intake, 0) AS intake,
+                   coalesce(r.released, 0) AS released
+            FROM router.teams t
+            LEFT JOIN slots s ON s.team_id = t.id
+            LEFT JOIN queued q ON q.team_id = t.id
+            LEFT JOIN intake i ON i.team_id = t.id
+            LEFT JOIN released r ON r.team_id = t.id
+            ORDER BY t.created_at, t.id
+            """
+        )
+        params = {
+            "since": since,
+            "not_new_rules": list(not_new_rules),
+            "not_release_reasons": list(not_release_reasons),
+        }
+        rows = (await self.session.execute(query, params)).mappings().all()
+        return [dict(row) for row in rows]
+
+    async def try_lock_capacity_levels(self) -> bool:
+        """Take the lock on announcing capacity levels until the transaction ends, if no
+        other router instance holds it: one instance at a time compares and announces."""
+        key = zlib.crc32(b"handoff-router-capacity-levels")
+        locked = await self.session.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(key)))
+        return bool(locked)
+
+    async def capacity_levels(self) -> dict[str, str]:
+        """The capacity level last announced per team id."""
+        query = sa.text("SELECT team_id, level FROM router.capacity_levels")
+        return {team: level for team, level in (await self.session.execute(query)).all()}
+
+    async def set_capacity_level(self, team_id: str, level: str, changed_at: datetime) -> None:
+        """Record the level just announced for a team."""
+        query = sa.text(
+            """
+            INSERT INTO router.capacity_levels (team_id, level, changed_at)
+            VALUES (:team_id, :level, :changed_at)
+            ON CONFLICT (team_id) DO UPDATE
+            SET level = excluded.level, changed_at = excluded.changed_at
+            """
+        )
+        params = {"team_id": team_id, "level": level, "changed_at": changed_at}
+        await self.session.execute(query, params)

@@ -4,7 +4,8 @@ manage teams and reps. Every change of a team happens under that team's routing 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, time
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
 from typing import Any
 
 from handoff_runtime.db import UnitOfWork
@@ -14,9 +15,12 @@ from handoff_schemas import (
     Candidate,
     FitGrade,
     LeadAssignedV1,
+    LeadEscalatedV1,
     LeadNurtureRequestedV1,
     LeadQueuedV1,
     LeadScoredV1,
+    LeadSlaBreachedV1,
+    LeadStatus,
     LeadStatusChangedV1,
     NurtureReason,
     RoutingDecision,
@@ -126,7 +130,11 @@ async def _team_for(repo: RouterRepository, facts: LeadFacts) -> tuple[Team, str
 
 
 async def route_scored_lead(
-    uow: UnitOfWork, scored: LeadScoredV1, *, nurture_from: FitGrade | None
+    uow: UnitOfWork,
+    scored: LeadScoredV1,
+    *,
+    nurture_from: FitGrade | None,
+    account_owner_full: str = "route_normally",
 ) -> str:
     """Send a scored lead to nurture, to the least-loaded rep with room, or to the backlog.
     Returns the outcome. A lead the router already holds is not routed twice."""
@@ -159,6 +167,10 @@ async def route_scored_lead(
         )
         return "nurture"
     facts = lead_facts(scored)
+    if scored.account_domain and await _route_to_account_owner(
+        uow, repo, scored, account_owner_full
+    ):
+        return "account_owner"
     team, rule = await _team_for(repo, facts)
     await repo.lock_team(team.id)
     reps, loads = await _team_loads(repo, team.id)
@@ -194,6 +206,64 @@ async def route_scored_lead(
     repo.add(_routed(scored, state="assigned", team_id=team.id, rep_id=rep.id))
     await _assign(uow, repo, scored, rep, decision)
     return "assigned"
+
+
+async def _route_to_account_owner(
+    uow: UnitOfWork, repo: RouterRepository, scored: LeadScoredV1, when_full: str
+) -> bool:
+    """Give a lead of a known account to the account's owner when they have room, or queue
+    it for them (policy `queue_for_owner`). Returns whether the owner took it or waits for it;
+    False sends the lead through the normal rules."""
+    assert scored.account_domain is not None
+    owner_id = await repo.account_owner(scored.account_domain)
+    owner = await repo.rep(owner_id) if owner_id else None
+    if owner is None:
+        return False
+    team = await repo.team(owner.team_id)
+    assert team is not None
+    await repo.lock_team(team.id)
+    reps, loads = await _team_loads(repo, team.id)
+    load = next(load for load in loads if load.rep_id == owner.id)
+    now = utcnow()
+    # The account owner takes the account's leads whatever their territory, but not while
+    # inactive, away or (when the team respects it) off shift.
+    if load.unavailable(None, now, respect_hours=team.respect_working_hours) is not None:
+        return False
+    chosen, candidates = choose_rep([load], None, now, respect_hours=team.respect_working_hours)
+    decision = _decision(scored, rule="account_owner", team_id=team.id, candidates=candidates)
+    if chosen is not None:
+        rep = next(r for r in reps if r.id == owner.id)
+        repo.add(_routed(scored, state="assigned", team_id=team.id, rep_id=rep.id))
+        await _assign(uow, repo, scored, rep, decision)
+        return True
+    if when_full != "queue_for_owner":
+        return False
+    repo.add(_routed(scored, state="queued", team_id=team.id, rep_id=None))
+    repo.add(
+        BacklogEntry(
+            lead_id=scored.lead_id,
+            team_id=team.id,
+            grade=scored.grade.value,
+            score=scored.score,
+            queued_at=now,
+            scored=scored.model_dump(mode="json"),
+            reserved_rep_id=owner.id,
+        )
+    )
+    repo.add(
+        Decision(
+            lead_id=scored.lead_id,
+            outcome="queued",
+            decided_at=now,
+            decision=decision.model_dump(mode="json"),
+        )
+    )
+    await uow.publish(
+        LeadQueuedV1(lead_id=scored.lead_id, team_id=team.id, queued_at=now, decision=decision),
+        topic=LEAD_ROUTING.name,
+        subject=scored.lead_id,
+    )
+    return True
 
 
 async def _rescored(repo: RouterRepository, known: RoutedLead, scored: LeadScoredV1) -> str:
@@ -279,7 +349,37 @@ def _routed(
         icp_version=scored.icp_version,
         received_at=scored.received_at,
         updated_at=utcnow(),
+        scored=scored.model_dump(mode="json"),
+        account_domain=scored.account_domain,
     )
+
+
+FIRST_TOUCH = frozenset({LeadStatus.CONTACTED})
+"""Statuses that count as the rep's first touch of a lead (stopping its SLA timer)."""
+
+
+async def lead_status_changed(uow: UnitOfWork, change: LeadStatusChangedV1) -> None:
+    """Sales moved a lead: a first touch stops its SLA timer; leaving the working statuses
+    frees the owner's slot."""
+    if change.working:
+        await record_first_touch(uow, change)
+    else:
+        await release_lead(uow, change)
+
+
+async def record_first_touch(uow: UnitOfWork, change: LeadStatusChangedV1) -> bool:
+    """Mark the owner's first touch (the SLA is met); a touch reported for an earlier owner,
+    or a second one, changes nothing."""
+    if change.to_status not in FIRST_TOUCH:
+        return False
+    repo = RouterRepository(uow.session)
+    assignment = await repo.active_assignment(change.lead_id, for_update=True)
+    if assignment is None or assignment.first_touched_at is not None:
+        return False
+    if change.rep_id is not None and change.rep_id != assignment.rep_id:
+        return False
+    assignment.first_touched_at = change.occurred_at
+    return True
 
 
 async def release_lead(uow: UnitOfWork, change: LeadStatusChangedV1) -> bool:
@@ -311,11 +411,18 @@ async def release_lead(uow: UnitOfWork, change: LeadStatusChangedV1) -> bool:
     return True
 
 
-async def drain_backlog(uow: UnitOfWork, repo: RouterRepository, team_id: str) -> int:
+async def drain_backlog(
+    uow: UnitOfWork,
+    repo: RouterRepository,
+    team_id: str,
+    *,
+    avoid: tuple[str, str] | None = None,
+) -> int:
     """Assign queued leads while any rep of the team has room (caller holds the team's lock):
     in drain order, each lead to the best rep eligible for it; a lead no rep with room may
     take (territory, segment, out of office...) keeps its place for a later drain.
-    Returns how many were assigned."""
+    `avoid` = (lead id, rep id): never give that lead back to that rep (it just missed its
+    first touch). Returns how many were assigned."""
     team = await repo.team(team_id)
     if team is None:
         return 0
@@ -326,8 +433,16 @@ async def drain_backlog(uow: UnitOfWork, repo: RouterRepository, team_id: str) -
         if not any(load.has_room for load in loads):
             break
         scored = LeadScoredV1.model_validate(entry.scored)
+        open_to = [
+            load
+            for load in loads
+            if (avoid is None or (scored.lead_id, load.rep_id) != avoid)
+            and (entry.reserved_rep_id is None or load.rep_id == entry.reserved_rep_id)
+        ]
+        # A lead waiting for its account owner goes to them whatever their territory.
+        facts = None if entry.reserved_rep_id else lead_facts(scored)
         chosen, candidates = choose_rep(
-            loads, lead_facts(scored), now, respect_hours=team.respect_working_hours
+            open_to, facts, now, respect_hours=team.respect_working_hours
         )
         if chosen is None:
             continue
@@ -336,7 +451,8 @@ async def drain_backlog(uow: UnitOfWork, repo: RouterRepository, team_id: str) -
         routed = await repo.routed_lead(scored.lead_id)
         if routed is not None:
             routed.state, routed.rep_id, routed.updated_at = "assigned", rep.id, utcnow()
-        decision = _decision(scored, rule="backlog_drain", team_id=team_id, candidates=candidates)
+        rule = "sla_reassignment" if avoid and avoid[0] == scored.lead_id else "backlog_drain"
+        decision = _decision(scored, rule=rule, team_id=team_id, candidates=candidates)
         await _assign(uow, repo, scored, rep, decision)
         await repo.flush()
         assigned += 1
@@ -449,3 +565,145 @@ async def update_rep(uow: UnitOfWork, rep_id: str, **changes: Any) -> Rep:
     await repo.flush()
     await drain_backlog(uow, repo, rep.team_id)
     return rep
+
+
+@dataclass(frozen=True)
+class SlaPolicy:
+    """First-touch deadlines per grade, and when to escalate."""
+
+    first_touch: dict[str, timedelta]
+    max_reassignments: int
+
+    @property
+    def deadline_seconds(self) -> dict[str, float]:
+        """The deadlines in seconds, by grade letter."""
+        return {grade: d.total_seconds() for grade, d in self.first_touch.items()}
+
+
+async def breach_first_touch(uow: UnitOfWork, assignment_id: int, policy: SlaPolicy) -> bool:
+    """The owner missed the first-touch deadline: free their slot, announce the breach,
+    escalate after too many, and give the lead to another eligible rep (or queue it).
+    Fires once: it re-checks the assignment under the team's lock, whichever router instance
+    gets here. Returns whether it fired."""
+    repo = RouterRepository(uow.session)
+    assignment = await repo.assignment(assignment_id)
+    if assignment is None:
+        return False
+    await repo.lock_team(assignment.team_id)
+    assignment = await repo.assignment(assignment_id, for_update=True)
+    routed = await repo.routed_lead(assignment.lead_id) if assignment else None
+    if assignment is None or routed is None or routed.scored is None:
+        return False
+    deadline = policy.first_touch.get(routed.grade)
+    now = utcnow()
+    if (
+        not assignment.active
+        or assignment.first_touched_at is not None
+        or deadline is None
+        or assignment.assigned_at + deadline > now
+    ):
+        return False
+    assignment.active, assignment.released_at = False, now
+    assignment.release_reason = "sla_breached"
+    rep = await repo.rep(assignment.rep_id, for_update=True)
+    if rep is not None:
+        rep.working = max(0, rep.working - 1)
+    routed.reassignments += 1
+    lead_id = assignment.lead_id
+    await uow.publish(
+        LeadSlaBreachedV1(
+            lead_id=lead_id,
+            rep_id=assignment.rep_id,
+            team_id=assignment.team_id,
+            assigned_at=assignment.assigned_at,
+            due_at=assignment.assigned_at + deadline,
+            breached_at=now,
+            reassignments=routed.reassignments,
+        ),
+        topic=LEAD_ROUTING.name,
+        subject=lead_id,
+    )
+    team = await repo.team(assignment.team_id)
+    if team is not None and routed.reassignments >= policy.max_reassignments:
+        await uow.publish(
+            LeadEscalatedV1(
+                lead_id=lead_id,
+                team_id=team.id,
+                manager_name=team.manager_name,
+                manager_email=team.manager_email,
+                reassignments=routed.reassignments,
+                reason=f"first touch missed {routed.reassignments} times",
+                escalated_at=now,
+            ),
+            topic=LEAD_ROUTING.name,
+            subject=lead_id,
+        )
+    scored = LeadScoredV1.model_validate(routed.scored)
+    routed.state, routed.rep_id, routed.updated_at = "queued", None, now
+    repo.add(
+        BacklogEntry(
+            lead_id=lead_id,
+            team_id=assignment.team_id,
+            grade=scored.grade.value,
+            score=scored.score,
+            queued_at=scored.received_at,
+            scored=routed.scored,
+        )
+    )
+    await repo.flush()
+    # The lead keeps its priority (queued as of when it came in) and goes to the best other
+    # eligible rep at once; the freed slot goes to whoever is next in the backlog.
+    await drain_backlog(uow, repo, assignment.team_id, avoid=(lead_id, assignment.rep_id))
+    if await repo.backlog_entry(lead_id) is not None:
+        decision = _decision(
+            scored, rule="sla_reassignment", team_id=assignment.team_id, candidates=[]
+        )
+        await uow.publish(
+            LeadQueuedV1(
+                lead_id=lead_id, team_id=assignment.team_id, queued_at=now, decision=decision
+            ),
+            topic=LEAD_ROUTING.name,
+            subject=lead_id,
+        )
+    return True
+
+
+async def expire_queued_lead(uow: UnitOfWork, lead_id: str, *, max_age: timedelta) -> bool:
+    """A lead that waited longer than `max_age` for room goes to nurture (reason
+    `sales_capacity`) instead of rotting in the backlog. Returns whether it did."""
+    repo = RouterRepository(uow.session)
+    entry = await repo.backlog_entry(lead_id)
+    if entry is None:
+        return False
+    await repo.lock_team(entry.team_id)
+    entry = await repo.backlog_entry(lead_id)
+    now = utcnow()
+    if entry is None or entry.queued_at + max_age > now:
+        return False
+    await repo.remove_from_backlog(entry)
+    scored = LeadScoredV1.model_validate(entry.scored)
+    routed = await repo.routed_lead(lead_id)
+    if routed is not None:
+        routed.state, routed.rep_id, routed.updated_at = "nurture", None, now
+    hours = max_age.total_seconds() / 3600
+    decision = _decision(scored, rule=f"backlog_older_than_{hours:g}h", team_id=entry.team_id)
+    repo.add(
+        Decision(
+            lead_id=lead_id,
+            outcome="nurture",
+            decided_at=now,
+            decision=decision.model_dump(mode="json"),
+        )
+    )
+    await uow.publish(
+        LeadNurtureRequestedV1(
+            lead_id=lead_id,
+            reason=NurtureReason.SALES_CAPACITY,
+            note=f"no rep had room for {hours:g} hours",
+            requested_at=now,
+            requested_by="router",
+        ),
+        topic=LEAD_ROUTING.name,
+        subject=lead_id,
+    )
+    return True

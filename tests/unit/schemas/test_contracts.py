@@ -135,6 +135,12 @@ def test_icp_events_are_keyed_by_version() -> None:
     assert example["subject"] == f"icp/{example['data']['version']}"
 
 
+def test_capacity_events_are_keyed_by_team_id() -> None:
+    example = _example("handoff.capacity.changed.v1")
+    assert {TOPICS_BY_NAME[t].key for t in EVENTS_BY_TYPE[example["type"]].topics} == {"team id"}
+    assert example["subject"] == example["data"]["team_id"]
+
+
 @pytest.mark.parametrize("event_type", LEAD_EVENT_TYPES)
 def test_example_subject_is_the_lead_id_which_is_the_kafka_key(event_type: str) -> None:
     example = _example(event_type)

@@ -63,7 +63,7 @@ async def test_a_rule_routes_its_leads_to_its_team_and_reps_keep_to_their_territ
 
         async def post(country: str) -> str:
             body = {
-                "email": f"{uuid.uuid4().hex[:10]}@aero.example",
+                "email": f"buyer@{uuid.uuid4().hex[:10]}.aero.example",
                 "industry": industry,
                 "country": country,
                 "employees": 250,

@@ -1,0 +1,233 @@
+"""Capacity levels on the real embedded PostgreSQL: the intake and release counts read the
+rate window only and count neither backlog drains nor reassignments, and with several router
+instances checking at once each level change is announced exactly once, through the outbox.
+
+This module gets a database of its own (the router's migrations applied)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from support.infra import Infra
+
+from handoff_router import service
+from handoff_router.models import Assignment, Decision
+from handoff_router.repository import RouterRepository
+from handoff_router.settings import RouterSettings
+from handoff_router.workers import check_capacity, team_loads
+from handoff_runtime.db import Database, async_url
+from handoff_runtime.migrations import upgrade
+from handoff_schemas import (
+    CAPACITY,
+    FitGrade,
+    LeadProfile,
+    LeadScoredV1,
+    LeadStatus,
+    LeadStatusChangedV1,
+    decode,
+)
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime.now(UTC)
+SETTINGS = RouterSettings(rate_window_hours=4, busy_utilisation=0.8)
+
+
+async def _on_server(url: str, statement: str) -> None:
+    engine = create_async_engine(async_url(url), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text(statement))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="module")
+async def db(infra: Infra) -> AsyncIterator[Database]:
+    """The router's tables in a fresh database of this module."""
+    name = f"router_capacity_{uuid.uuid4().hex[:12]}"
+    url = make_url(infra.database_url).set(database=name).render_as_string(hide_password=False)
+    await _on_server(infra.database_url, f'CREATE DATABASE "{name}"')
+    try:
+        await asyncio.to_thread(upgrade, "router", url)
+        database = Database(url, schema="router", source="/handoff/router", pool_size=8)
+        try:
+            yield database
+        finally:
+            await database.dispose()
+    finally:
+        await _on_server(infra.database_url, f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def scored(lead_id: str) -> LeadScoredV1:
+    return LeadScoredV1(
+        lead_id=lead_id,
+        icp_version=1,
+        score=80,
+        grade=FitGrade.A,
+        engagement_level=2,
+        contributions=[],
+        scored_at=NOW,
+        received_at=NOW,
+        lead=LeadProfile(email=f"{lead_id}@acme.io"),
+    )
+
+
+async def new_team(db: Database, name: str, *capacities: int) -> tuple[str, list[str]]:
+    async with db.unit_of_work() as uow:
+        team = await service.create_team(uow, name)
+        await uow.session.flush()
+        reps = [
+            await service.create_rep(
+                uow, team_id=team.id, name=f"rep{i}", email=f"rep{i}@acme.io", capacity=c
+            )
+            for i, c in enumerate(capacities)
+        ]
+    return team.id, [r.id for r in reps]
+
+
+async def route_to(db: Database, team_id: str, lead_id: str) -> str:
+    async with db.unit_of_work() as uow:
+        await service.replace_rules(uow, [{"name": "all", "team_id": team_id, "conditions": {}}])
+        return await service.route_scored_lead(uow, scored(lead_id), nurture_from=FitGrade.D)
+
+
+async def announced(db: Database, team_id: str) -> list[str]:
+    """The levels announced for a team, in outbox order."""
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(
+            sa.text(
+                "SELECT value FROM router.outbox WHERE topic = :topic AND key = :key ORDER BY id"
+            ),
+            {"topic": CAPACITY.name, "key": team_id},
+        )
+        return [decode(value).data.level.value for (value,) in rows]
+
+
+async def checks_at_once(db: Database, instances: int = 6) -> None:
+    """Several router instances check capacity at the same moment."""
+
+    async def one() -> None:
+        async with db.unit_of_work() as uow:
+            await check_capacity(uow, SETTINGS)
+
+    await asyncio.gather(*(one() for _ in range(instances)))
+
+
+async def test_each_level_change_is_announced_once_by_concurrent_instances(
+    db: Database,
+) -> None:
+    team_id, _ = await new_team(db, "Concurrent", 1, 1)
+
+    await checks_at_once(db)
+    await checks_at_once(db)
+    assert await announced(db, team_id) == ["ok"]
+
+    assert await route_to(db, team_id, f"lead-{uuid.uuid4().hex}") == "assigned"
+    await checks_at_once(db)
+    assert await announced(db, team_id) == ["ok"]  # 1 of 2 slots: 0.5 is still ok
+
+    assert await route_to(db, team_id, f"lead-{uuid.uuid4().hex}") == "assigned"
+    await checks_at_once(db)
+    await checks_at_once(db)
+    assert await announced(db, team_id) == ["ok", "saturated"]
+
+    async with db.engine.connect() as conn:
+        stored = (
+            await conn.execute(
+                sa.text("SELECT level FROM router.capacity_levels WHERE team_id = :t"),
+                {"t": team_id},
+            )
+        ).scalar_one()
+    assert stored == "saturated"
+
+
+async def test_rates_count_new_leads_and_releases_in_the_window_only(db: Database) -> None:
+    team_id, (rep_id,) = await new_team(db, "Rates", 10)
+    inside, outside = NOW - timedelta(hours=1), NOW - timedelta(hours=5)
+
+    def decision(outcome: str, rule: str, at: datetime) -> Decision:
+        return Decision(
+            lead_id=uuid.uuid4().hex,
+            outcome=outcome,
+            decided_at=at,
+            decision={"rule": rule, "team_id": team_id},
+        )
+
+    def released(reason: str, at: datetime) -> Assignment:
+        return Assignment(
+            lead_id=uuid.uuid4().hex,
+            rep_id=rep_id,
+            team_id=team_id,
+            active=False,
+            assigned_at=at - timedelta(minutes=5),
+            released_at=at,
+            release_reason=reason,
+        )
+
+    async with db.unit_of_work() as uow:
+        uow.session.add_all(
+            [
+                decision("assigned", "all", inside),
+                decision("queued", "fallback_team", inside),
+                decision("queued", "all", inside),
+                decision("assigned", "backlog_drain", inside),  # counted when it was queued
+                decision("assigned", "sla_reassignment", inside),  # not a new lead
+                decision("nurture", "nurture_from_grade_D", inside),  # never reached sales
+                decision("assigned", "all", outside),  # before the window
+                released(LeadStatus.DISQUALIFIED.value, inside),
+                released(LeadStatus.QUALIFIED.value, inside),
+                released("sla_breached", inside),  # taken away to be reassigned
+                released(LeadStatus.DISQUALIFIED.value, outside),
+            ]
+        )
+
+    async with db.unit_of_work() as uow:
+        loads = await team_loads(RouterRepository(uow.session), now=NOW, window_hours=4)
+    (load,) = (x for x in loads if x.team_id == team_id)
+    assert load.intake_per_hour == 3 / 4
+    assert load.release_per_hour == 2 / 4
+    assert (load.capacity, load.working, load.headroom, load.backlog) == (10, 0, 10, 0)
+    assert load.hours_until_saturation == pytest.approx(10 / (3 / 4 - 2 / 4))
+
+
+async def test_headroom_counts_active_reps_only_and_a_release_shows_at_once(
+    db: Database,
+) -> None:
+    team_id, (first,) = await new_team(db, "Headroom", 2)
+    lead_id = f"lead-{uuid.uuid4().hex}"
+    assert await route_to(db, team_id, lead_id) == "assigned"
+    async with db.unit_of_work() as uow:
+        await service.create_rep(uow, team_id=team_id, name="second", email="s@acme.io", capacity=3)
+        await service.update_rep(uow, first, active=False)
+
+    async def load_now() -> tuple[int, int, int, float]:
+        async with db.unit_of_work() as uow:
+            loads = await team_loads(RouterRepository(uow.session), now=NOW, window_hours=4)
+        (load,) = (x for x in loads if x.team_id == team_id)
+        return load.capacity, load.working, load.headroom, load.utilisation
+
+    # The paused rep still works their lead, but only the active rep's 3 slots are room.
+    assert await load_now() == (3, 1, 3, 0.0)
+
+    async with db.unit_of_work() as uow:
+        await service.release_lead(
+            uow,
+            LeadStatusChangedV1(
+                lead_id=lead_id,
+                from_status=LeadStatus.ASSIGNED,
+                to_status=LeadStatus.DISQUALIFIED,
+                rep_id=first,
+                reason="no_budget",
+                occurred_at=NOW,
+                working=False,
+            ),
+        )
+    assert await load_now() == (3, 0, 3, 0.0)
