@@ -62,6 +62,9 @@ class LeadProfile(_Payload):
     )
     source: str | None = Field(default=None, max_length=100)
     campaign: str | None = Field(default=None, max_length=200)
+    product_interest: str | None = Field(
+        default=None, max_length=100, description="The product the lead asked about."
+    )
     activities: list[Activity] = Field(default_factory=list, max_length=500)
     technologies: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
         default_factory=list,

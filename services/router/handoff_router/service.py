@@ -101,7 +101,7 @@ def lead_facts(scored: LeadScoredV1) -> LeadFacts:
         country=scored.lead.country,
         industry=scored.lead.industry,
         employees=scored.lead.employees,
-        product_interest=getattr(scored.lead, "product_interest", None),
+        product_interest=scored.lead.product_interest,
     )
 
 
