@@ -146,14 +146,7 @@ async def route_scored_lead(
     if goes_to_nurture(scored.grade, nurture_from):
         decision = _decision(scored, rule=f"nurture_from_grade_{nurture_from}", team_id=None)
         repo.add(_routed(scored, state="nurture", team_id=None, rep_id=None))
-        repo.add(
-            Decision(
-                lead_id=scored.lead_id,
-                outcome="nurture",
-                decided_at=now,
-                decision=decision.model_dump(mode="json"),
-            )
-        )
+        _record_decision(repo, scored.lead_id, "nurture", decision, now)
         await uow.publish(
             LeadNurtureRequestedV1(
                 lead_id=scored.lead_id,
@@ -177,30 +170,7 @@ async def route_scored_lead(
     chosen, candidates = choose_rep(loads, facts, now, respect_hours=team.respect_working_hours)
     decision = _decision(scored, rule=rule, team_id=team.id, candidates=candidates)
     if chosen is None:
-        repo.add(_routed(scored, state="queued", team_id=team.id, rep_id=None))
-        repo.add(
-            BacklogEntry(
-                lead_id=scored.lead_id,
-                team_id=team.id,
-                grade=scored.grade.value,
-                score=scored.score,
-                queued_at=now,
-                scored=scored.model_dump(mode="json"),
-            )
-        )
-        repo.add(
-            Decision(
-                lead_id=scored.lead_id,
-                outcome="queued",
-                decided_at=now,
-                decision=decision.model_dump(mode="json"),
-            )
-        )
-        await uow.publish(
-            LeadQueuedV1(lead_id=scored.lead_id, team_id=team.id, queued_at=now, decision=decision),
-            topic=LEAD_ROUTING.name,
-            subject=scored.lead_id,
-        )
+        await _queue(uow, repo, scored, team.id, decision, now)
         return "queued"
     rep = next(r for r in reps if r.id == chosen.rep_id)
     repo.add(_routed(scored, state="assigned", team_id=team.id, rep_id=rep.id))
@@ -238,31 +208,7 @@ async def _route_to_account_owner(
         return True
     if when_full != "queue_for_owner":
         return False
-    repo.add(_routed(scored, state="queued", team_id=team.id, rep_id=None))
-    repo.add(
-        BacklogEntry(
-            lead_id=scored.lead_id,
-            team_id=team.id,
-            grade=scored.grade.value,
-            score=scored.score,
-            queued_at=now,
-            scored=scored.model_dump(mode="json"),
-            reserved_rep_id=owner.id,
-        )
-    )
-    repo.add(
-        Decision(
-            lead_id=scored.lead_id,
-            outcome="queued",
-            decided_at=now,
-            decision=decision.model_dump(mode="json"),
-        )
-    )
-    await uow.publish(
-        LeadQueuedV1(lead_id=scored.lead_id, team_id=team.id, queued_at=now, decision=decision),
-        topic=LEAD_ROUTING.name,
-        subject=scored.lead_id,
-    )
+    await _queue(uow, repo, scored, team.id, decision, now, reserved_for=owner.id)
     return True
 
 
@@ -297,14 +243,7 @@ async def _assign(
     repo.add(
         Assignment(lead_id=scored.lead_id, rep_id=rep.id, team_id=rep.team_id, assigned_at=now)
     )
-    repo.add(
-        Decision(
-            lead_id=scored.lead_id,
-            outcome="assigned",
-            decided_at=now,
-            decision=decision.model_dump(mode="json"),
-        )
-    )
+    _record_decision(repo, scored.lead_id, "assigned", decision, now)
     await uow.publish(
         LeadAssignedV1(
             lead_id=scored.lead_id,
@@ -316,6 +255,52 @@ async def _assign(
         ),
         topic=LEAD_ROUTING.name,
         subject=scored.lead_id,
+    )
+
+
+async def _queue(
+    uow: UnitOfWork,
+    repo: RouterRepository,
+    scored: LeadScoredV1,
+    team_id: str,
+    decision: RoutingDecision,
+    now: datetime,
+    *,
+    reserved_for: str | None = None,
+) -> None:
+    """Put a new lead in a team's backlog (for one rep only, when `reserved_for`), keep why,
+    and announce `lead.queued`."""
+    repo.add(_routed(scored, state="queued", team_id=team_id, rep_id=None))
+    repo.add(
+        BacklogEntry(
+            lead_id=scored.lead_id,
+            team_id=team_id,
+            grade=scored.grade.value,
+            score=scored.score,
+            queued_at=now,
+            scored=scored.model_dump(mode="json"),
+            reserved_rep_id=reserved_for,
+        )
+    )
+    _record_decision(repo, scored.lead_id, "queued", decision, now)
+    await uow.publish(
+        LeadQueuedV1(lead_id=scored.lead_id, team_id=team_id, queued_at=now, decision=decision),
+        topic=LEAD_ROUTING.name,
+        subject=scored.lead_id,
+    )
+
+
+def _record_decision(
+    repo: RouterRepository, lead_id: str, outcome: str, decision: RoutingDecision, now: datetime
+) -> None:
+    """Keep why the router did what it did (served by GET /v1/leads/{id}/routing)."""
+    repo.add(
+        Decision(
+            lead_id=lead_id,
+            outcome=outcome,
+            decided_at=now,
+            decision=decision.model_dump(mode="json"),
+        )
     )
 
 
@@ -687,14 +672,7 @@ async def expire_queued_lead(uow: UnitOfWork, lead_id: str, *, max_age: timedelt
         routed.state, routed.rep_id, routed.updated_at = "nurture", None, now
     hours = max_age.total_seconds() / 3600
     decision = _decision(scored, rule=f"backlog_older_than_{hours:g}h", team_id=entry.team_id)
-    repo.add(
-        Decision(
-            lead_id=lead_id,
-            outcome="nurture",
-            decided_at=now,
-            decision=decision.model_dump(mode="json"),
-        )
-    )
+    _record_decision(repo, lead_id, "nurture", decision, now)
     await uow.publish(
         LeadNurtureRequestedV1(
             lead_id=lead_id,
