@@ -13,6 +13,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +222,25 @@ async def test_an_account_owner_gets_the_account_and_a_lead_queued_too_long_goes
                 await http.get(f"{instance.base_url}/v1/leads/{waiting['lead_id']}/routing")
             ).json()
             assert routing["state"] == "nurture"
+
+
+async def test_a_rep_back_from_out_of_office_takes_the_waiting_lead_without_any_event(
+    sla: Sla,
+) -> None:
+    async with httpx.AsyncClient(timeout=20, headers={"webhook-source": "local"}) as http:
+        with router(sla) as (instance,):
+            back = datetime.now(UTC) + timedelta(seconds=1.5)
+            away = {"start": (back - timedelta(days=1)).isoformat(), "end": back.isoformat()}
+            for rep_id in sla.reps:
+                answer = await http.patch(
+                    f"{instance.base_url}/v1/reps/{rep_id}",
+                    json={"capacity": 10, "out_of_office": [away]},
+                )
+                assert answer.status_code == 200, answer.text
+            waiting = (await http.post(f"{sla.scorer}/v1/leads", json=ideal_lead())).json()
+            (queued,) = await events(sla, waiting["lead_id"], "handoff.lead.queued.v1", until=1)
+            assert {c.why for c in queued.data.decision.candidates} == {"out of office"}
+            (assigned,) = await events(
+                sla, waiting["lead_id"], "handoff.lead.assigned.v1", until=1, timeout_s=10
+            )
+            assert assigned.data.decision.rule == "backlog_drain"

@@ -9,7 +9,7 @@ from handoff_runtime.service import create_service_app
 from .api import router
 from .consumers import routing_consumer
 from .settings import RouterSettings
-from .timers import backlog_ageing, first_touch_deadlines
+from .timers import backlog_upkeep, first_touch_deadlines
 from .workers import capacity_watch
 
 
@@ -22,5 +22,5 @@ def create_app(settings: RouterSettings | None = None) -> FastAPI:
         description="Routes scored leads to reps with room; queues the rest; frees capacity.",
         routers=[router],
         consumers=[routing_consumer(settings)],
-        workers=[first_touch_deadlines, backlog_ageing, capacity_watch],
+        workers=[first_touch_deadlines, backlog_upkeep, capacity_watch],
     )

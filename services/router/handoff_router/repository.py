@@ -126,6 +126,11 @@ class RouterRepository:
         )
         return (await self.session.execute(query)).scalars().first()
 
+    async def teams_with_backlog(self) -> list[str]:
+        """Teams with at least one queued lead."""
+        query = sa.select(col(BacklogEntry.team_id)).distinct()
+        return list((await self.session.execute(query)).scalars().all())
+
     async def queued_before(self, cutoff: datetime, *, limit: int) -> list[str]:
         """Leads queued before `cutoff`, oldest first (not locked; re-checked by the caller)."""
         query = (

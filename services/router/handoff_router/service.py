@@ -445,6 +445,13 @@ async def drain_backlog(
     return assigned
 
 
+async def drain_team(uow: UnitOfWork, team_id: str) -> int:
+    """Drain one team's backlog under its lock (for changes that come with time alone)."""
+    repo = RouterRepository(uow.session)
+    await repo.lock_team(team_id)
+    return await drain_backlog(uow, repo, team_id)
+
+
 async def create_team(uow: UnitOfWork, name: str, **profile: Any) -> Team:
     """Create a team; the first team becomes the default (fallback) one."""
     repo = RouterRepository(uow.session)

@@ -1,4 +1,4 @@
-"""The router's timers: first-touch deadlines and backlog ageing. Both live in the database
+"""The router's timers: first-touch deadlines and backlog upkeep. Both live in the database
 (an active assignment and its lead's grade; a backlog row's queue time), so they survive
 restarts, and each fires once whichever router instance finds it due: the service functions
 re-check under the team's lock."""
@@ -55,8 +55,10 @@ async def first_touch_deadlines(runtime: ServiceRuntime) -> None:
         await asyncio.sleep(settings.sla_check_interval_s)
 
 
-async def backlog_ageing(runtime: ServiceRuntime) -> None:
-    """Send leads queued longer than the configured age to nurture, until cancelled."""
+async def backlog_upkeep(runtime: ServiceRuntime) -> None:
+    """Until cancelled: send leads queued longer than the configured age to nurture, and
+    drain every backlog, since time alone can make room (a rep back from out of office, a
+    shift starting, a new day under a daily cap)."""
     settings = runtime.settings
     assert isinstance(settings, RouterSettings)
     max_age = timedelta(hours=settings.backlog_max_age_hours)
@@ -70,8 +72,13 @@ async def backlog_ageing(runtime: ServiceRuntime) -> None:
                 async with runtime.db.unit_of_work() as uow:
                     if await service.expire_queued_lead(uow, lead_id, max_age=max_age):
                         log.info("queued too long: sent to nurture", lead_id=lead_id)
+            async with runtime.db.unit_of_work() as uow:
+                teams = await RouterRepository(uow.session).teams_with_backlog()
+            for team_id in teams:
+                async with runtime.db.unit_of_work() as uow:
+                    await service.drain_team(uow, team_id)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("backlog ageing check failed; retrying")
+            log.exception("backlog upkeep failed; retrying")
         await asyncio.sleep(settings.sla_check_interval_s)
