@@ -28,8 +28,8 @@ from handoff_scorer.scoring import load_demo_icp
 
 pytestmark = pytest.mark.integration
 
-SLA_SECONDS = 3
-BACKLOG_MAX_AGE_SECONDS = 4
+SLA_SECONDS = 5
+BACKLOG_MAX_AGE_SECONDS = 6
 
 
 @dataclass
