@@ -62,6 +62,11 @@ class LeadProfile(_Payload):
     )
     source: str | None = Field(default=None, max_length=100)
     campaign: str | None = Field(default=None, max_length=200)
+    language: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z]{2}$",
+        description="Preferred language, ISO 639-1 (e.g. de), for reps who speak it.",
+    )
     product_interest: str | None = Field(
         default=None, max_length=100, description="The product the lead asked about."
     )

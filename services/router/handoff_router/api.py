@@ -35,6 +35,7 @@ Db = Annotated[Database, Depends(database)]
 SizeBand = Literal["small", "mid", "large", "enterprise"]
 CountryCode = Annotated[str, Field(pattern=r"^[A-Za-z]{2}$", description="ISO 3166-1 alpha-2")]
 Name = Annotated[str, Field(min_length=1, max_length=100)]
+LanguageCode = Annotated[str, Field(pattern=r"^[A-Za-z]{2}$", description="ISO 639-1")]
 
 
 class Conditions(BaseModel):
@@ -47,6 +48,7 @@ class Conditions(BaseModel):
     size_bands: list[SizeBand] = Field(default_factory=list)
     grades: list[FitGrade] = Field(default_factory=list)
     product_interests: list[Name] = Field(default_factory=list, max_length=300)
+    languages: list[LanguageCode] = Field(default_factory=list, max_length=100)
 
 
 class RuleIn(BaseModel):
@@ -161,6 +163,7 @@ class RepProfile(BaseModel):
     countries: list[CountryCode] = Field(default_factory=list, max_length=300)
     industries: list[Name] = Field(default_factory=list, max_length=300)
     size_bands: list[SizeBand] = Field(default_factory=list)
+    languages: list[LanguageCode] = Field(default_factory=list, max_length=100)
 
 
 class RepCreate(RepProfile):
@@ -190,6 +193,7 @@ class RepUpdate(BaseModel):
     countries: list[CountryCode] | None = Field(default=None, max_length=300)
     industries: list[Name] | None = Field(default=None, max_length=300)
     size_bands: list[SizeBand] | None = None
+    languages: list[LanguageCode] | None = Field(default=None, max_length=100)
 
 
 class RepPublic(BaseModel):
@@ -211,6 +215,7 @@ class RepPublic(BaseModel):
     countries: list[str]
     industries: list[str]
     size_bands: list[str]
+    languages: list[str]
     last_assigned_at: datetime | None
 
 
@@ -308,6 +313,7 @@ def _rep_public(rep: Rep) -> RepPublic:
         countries=rep.countries,
         industries=rep.industries,
         size_bands=rep.size_bands,
+        languages=rep.languages,
         last_assigned_at=rep.last_assigned_at,
     )
 

@@ -54,6 +54,7 @@ class Rep(SQLModel, table=True):
     countries: list[str] = Field(default_factory=list, sa_column=sa.Column(JSONB, nullable=False))
     industries: list[str] = Field(default_factory=list, sa_column=sa.Column(JSONB, nullable=False))
     size_bands: list[str] = Field(default_factory=list, sa_column=sa.Column(JSONB, nullable=False))
+    languages: list[str] = Field(default_factory=list, sa_column=sa.Column(JSONB, nullable=False))
     last_assigned_at: datetime | None = Field(default=None, sa_type=TS)
     created_at: datetime = Field(sa_type=TS)
 

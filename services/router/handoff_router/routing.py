@@ -2,7 +2,7 @@
 waits.
 
 Team: the ordered routing rules are tried in turn; the first whose conditions all hold for
-the lead (country, industry, company-size band, fit grade, product interest — an empty
+the lead (country, industry, company-size band, fit grade, product interest, language — an empty
 condition holds for every lead) names the team; when none matches, the fallback (default)
 team takes the lead.
 
@@ -59,6 +59,7 @@ class LeadFacts:
     industry: str | None = None
     employees: int | None = None
     product_interest: str | None = None
+    language: str | None = None
 
     @property
     def size_band(self) -> str | None:
@@ -84,6 +85,7 @@ class Coverage:
     size_bands: frozenset[str] = frozenset()
     grades: frozenset[str] = frozenset()
     product_interests: frozenset[str] = frozenset()
+    languages: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, **values: Sequence[str] | None) -> Coverage:
@@ -103,6 +105,7 @@ class Coverage:
             ("size band", self.size_bands, lead.size_band),
             ("grade", self.grades, lead.grade.value),
             ("product interest", self.product_interests, lead.product_interest),
+            ("language", self.languages, lead.language),
         )
         for what, allowed, value in checks:
             if not _holds(allowed, value):

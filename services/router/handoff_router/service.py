@@ -72,7 +72,10 @@ def _rep_load(rep: Rep, assigned_today: int = 0) -> RepLoad:
         weight=rep.weight,
         last_assigned_at=rep.last_assigned_at,
         coverage=Coverage.of(
-            countries=rep.countries, industries=rep.industries, size_bands=rep.size_bands
+            countries=rep.countries,
+            industries=rep.industries,
+            size_bands=rep.size_bands,
+            languages=rep.languages,
         ),
         daily_cap=rep.daily_cap,
         assigned_today=assigned_today,
@@ -102,6 +105,7 @@ def lead_facts(scored: LeadScoredV1) -> LeadFacts:
         industry=scored.lead.industry,
         employees=scored.lead.employees,
         product_interest=scored.lead.product_interest,
+        language=scored.lead.language,
     )
 
 

@@ -159,3 +159,15 @@ def test_a_chosen_rep_always_covers_the_lead_and_has_room(
         assert working < capacity
         assert cap is None or today < cap
         assert not countries or lead_country in countries
+
+
+def test_a_lead_with_a_preferred_language_goes_to_a_rep_who_speaks_it() -> None:
+    german = rep("de", coverage=Coverage.of(languages=["de"]), working=3)
+    english = rep("en", coverage=Coverage.of(languages=["EN"]))
+    assert choose_rep([german, english], lead(language="DE"), NOW)[0] is german
+    assert choose_rep([german, english], lead(language="en"), NOW)[0] is english
+    chosen, candidates = choose_rep([german, english], lead(language="fr"), NOW)
+    assert chosen is None
+    assert {c.why for c in candidates} == {"language fr not covered"}
+    rule = Rule("dach-speakers", "t", Coverage.of(languages=["de"]))
+    assert match_rule([rule], lead(language="de")) is rule
