@@ -75,7 +75,7 @@ LEAD_STATUS = Topic(
     "The lead lifecycle as sales reports it, and nurture requests for marketing.",
     partitions=3,
     producers=("feedback",),
-    consumers=("router", "marketing automation"),
+    consumers=("router", "scorer", "marketing automation"),
 )
 
 ICP = Topic(

@@ -50,6 +50,7 @@ class LeadPublic(BaseModel):
 
     lead_id: str
     status: str
+    outcome: str | None = Field(description="How sales closed the lead, if it has.")
     received_at: datetime
     profile: dict[str, Any]
     score: ScorePublic | None
@@ -202,6 +203,7 @@ async def get_lead(lead_id: str, db: Db) -> LeadPublic:
     return LeadPublic(
         lead_id=lead.id,
         status=lead.status,
+        outcome=lead.outcome,
         received_at=lead.received_at,
         profile=lead.profile,
         score=history[0] if history else None,

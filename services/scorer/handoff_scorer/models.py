@@ -28,6 +28,9 @@ class Lead(SQLModel, table=True):
     engagement_level: int | None = None
     icp_version: int | None = None
     account_domain: str | None = Field(default=None, index=True)
+    outcome: str | None = Field(
+        default=None, description="How sales closed the lead (won, lost, disqualified, recycled)."
+    )
     scored_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
 
 

@@ -79,13 +79,22 @@ class ScorerRepository:
         return await self.session.get(IcpVersion, version)
 
     async def count_scored_leads(self) -> int:
-        """How many leads have a score."""
-        query = sa.select(sa.func.count()).select_from(Lead).where(col(Lead.status) == "scored")
+        """How many open leads (not closed by sales) have a score."""
+        query = (
+            sa.select(sa.func.count())
+            .select_from(Lead)
+            .where(col(Lead.status) == "scored", col(Lead.outcome).is_(None))
+        )
         return int(await self.session.scalar(query) or 0)
 
     async def scored_leads_after(self, cursor: str | None, *, limit: int) -> Sequence[Lead]:
-        """Scored leads with an id after `cursor`, in id order, locked for re-scoring."""
-        query = select(Lead).where(Lead.status == "scored").order_by(col(Lead.id)).limit(limit)
+        """Open scored leads with an id after `cursor`, in id order, locked for re-scoring."""
+        query = (
+            select(Lead)
+            .where(col(Lead.status) == "scored", col(Lead.outcome).is_(None))
+            .order_by(col(Lead.id))
+            .limit(limit)
+        )
         if cursor is not None:
             query = query.where(col(Lead.id) > cursor)
         result = await self.session.execute(

@@ -17,6 +17,7 @@ from handoff_schemas import (
     LeadCreatedV1,
     LeadProfile,
     LeadScoredV1,
+    LeadStatusChangedV1,
     utcnow,
 )
 
@@ -143,8 +144,24 @@ async def _score(
     return scored
 
 
+CLOSED_BY_SALES = frozenset({"won", "lost", "disqualified", "recycled"})
+
+
+async def record_outcome(uow: UnitOfWork, change: LeadStatusChangedV1) -> bool:
+    """Remember how sales closed a lead (for ICP calibration), so re-scoring leaves it be.
+    Returns whether the lead is now closed."""
+    if change.to_status.value not in CLOSED_BY_SALES:
+        return False
+    lead = await ScorerRepository(uow.session).get_lead(change.lead_id, for_update=True)
+    if lead is None:
+        return False
+    lead.outcome = change.to_status.value
+    return True
+
+
 async def start_rescore(uow: UnitOfWork, version: int) -> RescoreJob:
-    """Queue a re-score of every scored lead with ICP `version`; a worker runs it."""
+    """Queue a re-score of every open scored lead (not closed by sales) with ICP `version`;
+    a worker runs it."""
     repo = ScorerRepository(uow.session)
     if await repo.icp_version(version) is None:
         raise NotFound(f"no ICP version {version}")
