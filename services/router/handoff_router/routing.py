@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from fractions import Fraction
 from zoneinfo import ZoneInfo
 
@@ -140,6 +140,26 @@ class WorkingHours:
         """Whether `moment` (aware) falls inside these hours."""
         local = moment.astimezone(ZoneInfo(self.timezone))
         return local.isoweekday() in self.days and self.start <= local.time() < self.end
+
+
+def business_deadline(start: datetime, allowed: timedelta, hours: WorkingHours) -> datetime:
+    """When `allowed` working time has passed since `start`, counting only the rep's working
+    hours (a lead assigned on Friday evening is due on Monday, not on Saturday)."""
+    zone = ZoneInfo(hours.timezone)
+    remaining = allowed
+    cursor = start.astimezone(zone)
+    for _ in range(3660):  # ten years of days: bounded even for a rep who never works
+        day = cursor.date()
+        if day.isoweekday() in hours.days:
+            opens = datetime.combine(day, hours.start, zone)
+            closes = datetime.combine(day, hours.end, zone)
+            begin = max(cursor, opens)
+            if begin < closes:
+                if begin + remaining <= closes:
+                    return (begin + remaining).astimezone(start.tzinfo)
+                remaining -= closes - begin
+        cursor = datetime.combine(day + timedelta(days=1), time(0), zone)
+    return start + allowed
 
 
 @dataclass(frozen=True)

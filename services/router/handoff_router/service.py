@@ -35,6 +35,7 @@ from .routing import (
     RepLoad,
     Rule,
     WorkingHours,
+    business_deadline,
     choose_rep,
     goes_to_nurture,
     match_rule,
@@ -569,6 +570,15 @@ class SlaPolicy:
 
     first_touch: dict[str, timedelta]
     max_reassignments: int
+    business_hours: bool = False
+
+    def due(self, assigned_at: datetime, allowed: timedelta, rep: Rep | None) -> datetime:
+        """When the first touch is due: `allowed` after assignment, counted only within the
+        rep's working hours when the policy says so and the rep has hours."""
+        hours = _rep_load(rep).working_hours if rep is not None else None
+        if self.business_hours and hours is not None:
+            return business_deadline(assigned_at, allowed, hours)
+        return assigned_at + allowed
 
     @property
     def deadline_seconds(self) -> dict[str, float]:
@@ -592,16 +602,14 @@ async def breach_first_touch(uow: UnitOfWork, assignment_id: int, policy: SlaPol
         return False
     deadline = policy.first_touch.get(routed.grade)
     now = utcnow()
-    if (
-        not assignment.active
-        or assignment.first_touched_at is not None
-        or deadline is None
-        or assignment.assigned_at + deadline > now
-    ):
+    if not assignment.active or assignment.first_touched_at is not None or deadline is None:
+        return False
+    rep = await repo.rep(assignment.rep_id, for_update=True)
+    due_at = policy.due(assignment.assigned_at, deadline, rep)
+    if due_at > now:
         return False
     assignment.active, assignment.released_at = False, now
     assignment.release_reason = "sla_breached"
-    rep = await repo.rep(assignment.rep_id, for_update=True)
     if rep is not None:
         rep.working = max(0, rep.working - 1)
     routed.reassignments += 1
@@ -612,7 +620,7 @@ async def breach_first_touch(uow: UnitOfWork, assignment_id: int, policy: SlaPol
             rep_id=assignment.rep_id,
             team_id=assignment.team_id,
             assigned_at=assignment.assigned_at,
-            due_at=assignment.assigned_at + deadline,
+            due_at=due_at,
             breached_at=now,
             reassignments=routed.reassignments,
         ),

@@ -36,6 +36,10 @@ class RouterSettings(ServiceSettings):
         default={FitGrade.A: 60, FitGrade.B: 240, FitGrade.C: 1440, FitGrade.D: 2880},
         description="First-touch deadline per fit grade, in minutes after assignment (JSON).",
     )
+    sla_business_hours: bool = Field(
+        default=False,
+        description="Count first-touch deadlines only within each rep's working hours.",
+    )
     sla_max_reassignments: int = Field(
         default=2,
         ge=1,

@@ -30,6 +30,7 @@ def sla_policy(settings: RouterSettings) -> service.SlaPolicy:
             for grade, minutes in settings.sla_first_touch_minutes.items()
         },
         max_reassignments=settings.sla_max_reassignments,
+        business_hours=settings.sla_business_hours,
     )
 
 

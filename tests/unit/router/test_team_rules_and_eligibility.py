@@ -14,6 +14,7 @@ from handoff_router.routing import (
     RepLoad,
     Rule,
     WorkingHours,
+    business_deadline,
     choose_rep,
     match_rule,
     size_band,
@@ -171,3 +172,56 @@ def test_a_lead_with_a_preferred_language_goes_to_a_rep_who_speaks_it() -> None:
     assert {c.why for c in candidates} == {"language fr not covered"}
     rule = Rule("dach-speakers", "t", Coverage.of(languages=["de"]))
     assert match_rule([rule], lead(language="de")) is rule
+
+
+BERLIN_OFFICE = WorkingHours("Europe/Berlin", time(9), time(17))
+
+
+@pytest.mark.parametrize(
+    ("start", "allowed", "due"),
+    [
+        # Tuesday 10:00 Berlin + 1 h: within the day.
+        (
+            datetime(2026, 11, 24, 9, 0, tzinfo=UTC),
+            timedelta(hours=1),
+            datetime(2026, 11, 24, 10, 0, tzinfo=UTC),
+        ),
+        # Tuesday 07:00 Berlin, before opening: the clock starts at 09:00.
+        (
+            datetime(2026, 11, 24, 6, 0, tzinfo=UTC),
+            timedelta(minutes=30),
+            datetime(2026, 11, 24, 8, 30, tzinfo=UTC),
+        ),
+        # Friday 16:00 Berlin + 2 h: one hour on Friday, one on Monday morning.
+        (
+            datetime(2026, 11, 27, 15, 0, tzinfo=UTC),
+            timedelta(hours=2),
+            datetime(2026, 11, 30, 9, 0, tzinfo=UTC),
+        ),
+        # Saturday: nothing counts until Monday 09:00.
+        (
+            datetime(2026, 11, 28, 12, 0, tzinfo=UTC),
+            timedelta(minutes=15),
+            datetime(2026, 11, 30, 8, 15, tzinfo=UTC),
+        ),
+    ],
+)
+def test_business_hours_deadlines_count_only_working_time(
+    start: datetime, allowed: timedelta, due: datetime
+) -> None:
+    assert business_deadline(start, allowed, BERLIN_OFFICE) == due
+
+
+@given(
+    start=st.datetimes(
+        min_value=datetime(2026, 1, 1), max_value=datetime(2027, 1, 1), timezones=st.just(UTC)
+    ),
+    minutes=st.integers(0, 5 * 8 * 60),
+    extra=st.integers(0, 600),
+)
+def test_a_business_deadline_is_never_sooner_and_grows_with_the_allowance(
+    start: datetime, minutes: int, extra: int
+) -> None:
+    due = business_deadline(start, timedelta(minutes=minutes), BERLIN_OFFICE)
+    assert due >= start + timedelta(minutes=minutes)
+    assert business_deadline(start, timedelta(minutes=minutes + extra), BERLIN_OFFICE) >= due
