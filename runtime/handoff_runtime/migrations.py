@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import sqlalchemy as sa
@@ -47,3 +48,17 @@ def run_migrations(target_metadata: Any = None) -> None:
             await engine.dispose()
 
     asyncio.run(run())
+
+
+def main(services: list[str]) -> None:
+    """`python -m handoff_runtime.migrations SERVICE...`: migrate several services, one after
+    the other, in one process (`DATABASE_URL`); what `make run` does before starting them."""
+    from .settings import ServiceSettings
+
+    url = ServiceSettings().database_url
+    for service in services:
+        upgrade(service, url)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
