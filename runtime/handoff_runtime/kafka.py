@@ -104,7 +104,9 @@ async def broker_epoch(bootstrap: str, *, timeout_s: float) -> str:
         [Topic(EPOCH_TOPIC, "Broker incarnation marker.", 1, ("services",), ("services",))],
         timeout_s=timeout_s,
     )
-    epoch = await _first_record(bootstrap, timeout_s=1.0)
+    # A short first look: if it misses an existing record, the candidate written below loses
+    # to it anyway, since everyone reads back offset 0.
+    epoch = await _first_record(bootstrap, timeout_s=0.3)
     if epoch is None:
         producer = make_producer(bootstrap, client_id="handoff-epoch", timeout_s=timeout_s)
         await asyncio.wait_for(producer.start(), timeout_s)
