@@ -114,6 +114,13 @@ class LeadScoredV1(_Payload):
         description="The company domain that links this lead to others from the same account "
         "(free-mail domains never link).",
     )
+    cycle: int = Field(
+        default=1,
+        ge=1,
+        description="Which time the lead goes to sales: 1, then one more each time a lead "
+        "nurtured by sales re-qualifies (new engagement after its re-qualify date). A higher "
+        "cycle routes a released lead again.",
+    )
 
 
 class Candidate(_Payload):
@@ -146,6 +153,7 @@ class LeadAssignedV1(_Payload):
     team_id: str
     assigned_at: AwareDatetime
     decision: RoutingDecision
+    cycle: int = Field(default=1, ge=1, description="The lead's sales cycle (see lead.scored).")
 
 
 class LeadQueuedV1(_Payload):
@@ -155,6 +163,7 @@ class LeadQueuedV1(_Payload):
     team_id: str
     queued_at: AwareDatetime
     decision: RoutingDecision
+    cycle: int = Field(default=1, ge=1, description="The lead's sales cycle (see lead.scored).")
 
 
 class LeadSlaBreachedV1(_Payload):
@@ -218,6 +227,13 @@ class LeadStatusChangedV1(_Payload):
     actor: str | None = None
     occurred_at: AwareDatetime
     working: bool = Field(description="Whether the lead still occupies its owner's capacity.")
+    amount: float | None = Field(
+        default=None,
+        ge=0,
+        description="The amount won (revenue, in the reporting currency); only with `won`.",
+    )
+    team_id: str | None = Field(default=None, description="The owner's team.")
+    cycle: int = Field(default=1, ge=1, description="The lead's sales cycle (see lead.scored).")
 
 
 class IcpPublishedV1(_Payload):
