@@ -48,7 +48,8 @@ FOLLOWED_TOPICS = (LEAD_ROUTING.name, LEAD_STATUS.name)
 SETTLE_S = 2.0
 """Quiet time after the last event before the demo ends (backlog drains arrive late)."""
 STATUS_404_RETRIES = 6
-"""feedback learns of an assignment from Kafka; a status posted before that answers 404."""
+"""feedback learns of a lead from Kafka; a status posted before it has answers 404 (one
+posted before feedback saw the assignment waits for it: 202)."""
 
 # --- synthetic leads ---------------------------------------------------------------------------
 
@@ -599,12 +600,14 @@ class Demo:
         assert self.http is not None
         await asyncio.sleep(pause)
         for status, reason in steps:
-            body = {"status": status, "reason": reason, "actor": "demo-crm"}
+            body = json.dumps({"status": status, "reason": reason, "actor": "demo-crm"}).encode()
             url = f"{self.feedback}/v1/leads/{lead.lead_id}/status"
             answer: httpx.Response | None = None
             for _ in range(STATUS_404_RETRIES):
                 try:
-                    answer = await self.http.post(url, json=body)
+                    answer = await self.http.post(
+                        url, content=body, headers=self.webhook_headers(body)
+                    )
                 except httpx.HTTPError as exc:
                     if not self.feedback_down:  # say it once, not once per lead
                         self.feedback_down = True

@@ -26,12 +26,13 @@ _REQUEST_MODELS: dict[str, type[BaseModel]] = {}
 async def respond_once(
     db: Database,
     delivery: Delivery,
-    status_code: int,
+    status_code: int | Callable[[BaseModel], int],
     work: Callable[[UnitOfWork], Awaitable[BaseModel]],
 ) -> JSONResponse:
-    """Run `work` in one unit of work and answer with its result; a repeated delivery (same
-    webhook-id or Idempotency-Key and same body) gets the first answer again and changes
-    nothing, and the same key with another body is refused (409)."""
+    """Run `work` in one unit of work and answer with its result (and `status_code`, or the
+    status it gives for the result); a repeated delivery (same webhook-id or Idempotency-Key
+    and same body) gets the first answer again and changes nothing, and the same key with
+    another body is refused (409)."""
     async with db.unit_of_work() as uow:
         if delivery.key is not None:
             stored = await claim(uow, delivery.key, body_hash(delivery.body))
@@ -39,7 +40,10 @@ async def respond_once(
                 return JSONResponse(
                     stored.body, status_code=stored.status_code, headers={REPLAYED_HEADER: "true"}
                 )
-        body = (await work(uow)).model_dump(mode="json")
+        result = await work(uow)
+        if callable(status_code):
+            status_code = status_code(result)
+        body = result.model_dump(mode="json")
         if delivery.key is not None:
             await remember(uow, delivery.key, status_code, body)
     return JSONResponse(body, status_code=status_code)

@@ -58,8 +58,10 @@ MIGRATE_TIMEOUT_S = 120.0
 TAIL_LINES = 25
 
 WEBHOOK_SOURCES_ENV = "HANDOFF_SCORER_WEBHOOK_SOURCES"
+STATUS_SOURCES_ENV = "HANDOFF_FEEDBACK_WEBHOOK_SOURCES"
 LOCAL_SOURCE = "local"
-"""The unsigned webhook source `make run` configures unless told otherwise."""
+"""The unsigned webhook source `make run` configures (for lead intake at the scorer and
+status reports at feedback) unless told otherwise."""
 
 DEMO_TEAM = "Inbound EMEA"
 DEMO_REPS: tuple[tuple[str, str, int], ...] = (
@@ -461,7 +463,8 @@ class Stack:
             env[spec.port_env] = str(self.ports[spec.name])
         # Locally, one unsigned webhook source, so curl and `make demo` work out of the box;
         # set the variable to require signatures (see README, "Signed webhooks").
-        env.setdefault(WEBHOOK_SOURCES_ENV, json.dumps({LOCAL_SOURCE: {"signed": False}}))
+        for variable in (WEBHOOK_SOURCES_ENV, STATUS_SOURCES_ENV):
+            env.setdefault(variable, json.dumps({LOCAL_SOURCE: {"signed": False}}))
         return env
 
     def _migrate(self) -> None:
@@ -639,11 +642,11 @@ class Stack:
         lines.append(f"  {'Kafka'.ljust(9)} {self.bootstrap}  ({kafka_note})")
         lines.append(f"  {'Database'.ljust(9)} {redact_dsn(self.database_url or '')}  ({db_note})")
         lines.append(f"  {'Logs'.ljust(9)} {self.log_dir}/  (JSON, one file per service)")
-        if WEBHOOK_SOURCES_ENV not in self.env:
+        if WEBHOOK_SOURCES_ENV not in self.env or STATUS_SOURCES_ENV not in self.env:
             lines.append(
-                f"  {'Webhooks'.ljust(9)} source `{LOCAL_SOURCE}` accepts unsigned leads: "
-                f"curl -H 'webhook-source: {LOCAL_SOURCE}' ... (set {WEBHOOK_SOURCES_ENV} "
-                "to require signatures)"
+                f"  {'Webhooks'.ljust(9)} source `{LOCAL_SOURCE}` is accepted unsigned: "
+                f"curl -H 'webhook-source: {LOCAL_SOURCE}' ... (set {WEBHOOK_SOURCES_ENV} and "
+                f"{STATUS_SOURCES_ENV} to require signatures)"
             )
         lines.append("")
         lines.append("  Run `make demo` in another terminal to stream synthetic leads through it.")

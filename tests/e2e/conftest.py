@@ -17,6 +17,8 @@ LOCAL_SOURCE = "local"
 SIGNED_SOURCE = "hubspot"
 OLD_SECRET = "whsec_" + "b2xkLXNlY3JldC1vbGQtc2VjcmV0LW9sZC1zZWNyZXQ="
 NEW_SECRET = "whsec_" + "bmV3LXNlY3JldC1uZXctc2VjcmV0LW5ldy1zZWNyZXQ="
+CRM_SOURCE = "crm"
+CRM_SECRET = "whsec_" + "Y3JtLXNlY3JldC1jcm0tc2VjcmV0LWNybS1zZWNyZXQ="
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +27,11 @@ def system(infra: Infra) -> Iterator[System]:
         LOCAL_SOURCE: {"signed": False},
         SIGNED_SOURCE: {"secrets": [OLD_SECRET, NEW_SECRET]},
     }
+    crm = {LOCAL_SOURCE: {"signed": False}, CRM_SOURCE: {"secrets": [CRM_SECRET]}}
     with running_system(
         infra,
         HANDOFF_SCORER_WEBHOOK_SOURCES=json.dumps(sources),
+        HANDOFF_FEEDBACK_WEBHOOK_SOURCES=json.dumps(crm),
         HANDOFF_ROUTER_CAPACITY_CHECK_INTERVAL_S="0.5",
     ) as running:
         icp = httpx.post(f"{running.scorer}/v1/icp", json=load_demo_icp().model_dump(mode="json"))

@@ -214,8 +214,13 @@ async def test_capacity_is_never_exceeded_and_a_release_assigns_the_best_queued_
 
     assert await wait_for(best_is_assigned)
     story = (await http.get(f"{system.feedback}/v1/leads/{first}/history")).json()
-    assert [h["to_status"] for h in story["history"]] == ["assigned", "contacted", "disqualified"]
-    assert story["history"][2]["reason"] == "no_budget"
+    assert [h["to_status"] for h in story["history"]] == [
+        "created",
+        "assigned",
+        "contacted",
+        "disqualified",
+    ]
+    assert story["history"][3]["reason"] == "no_budget"
 
     # A move the lifecycle does not allow is refused with what is allowed.
     refused = await http.post(f"{system.feedback}/v1/leads/{first}/status", json={"status": "won"})

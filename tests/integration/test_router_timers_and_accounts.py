@@ -53,6 +53,7 @@ def sla() -> Iterator[Sla]:
             "DATABASE_URL": postgres.start(),
             "KAFKA_BOOTSTRAP_SERVERS": kafka.start(),
             "HANDOFF_SCORER_WEBHOOK_SOURCES": json.dumps({"local": {"signed": False}}),
+            "HANDOFF_FEEDBACK_WEBHOOK_SOURCES": json.dumps({"local": {"signed": False}}),
             "HANDOFF_ROUTER_SLA_FIRST_TOUCH_MINUTES": json.dumps({"A": SLA_SECONDS / 60}),
             "HANDOFF_ROUTER_SLA_CHECK_INTERVAL_S": "0.3",
             "HANDOFF_ROUTER_BACKLOG_MAX_AGE_HOURS": str(BACKLOG_MAX_AGE_SECONDS / 3600),

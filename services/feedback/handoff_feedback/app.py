@@ -7,16 +7,17 @@ from fastapi import FastAPI
 from handoff_runtime.service import create_service_app
 
 from .api import router
-from .consumers import lifecycle
+from .consumers import lifecycle_consumer
 from .settings import FeedbackSettings
 
 
 def create_app(settings: FeedbackSettings | None = None) -> FastAPI:
     """Build the feedback app (uvicorn calls this as a factory)."""
+    settings = settings or FeedbackSettings()
     return create_service_app(
-        settings or FeedbackSettings(),
+        settings,
         title="Handoff feedback",
         description="Status changes from the CRM, recycling to nurture, and each lead's history.",
         routers=[router],
-        consumers=[lifecycle],
+        consumers=[lifecycle_consumer(settings.policy())],
     )

@@ -1,9 +1,11 @@
-"""Feedback's use cases: follow routing outcomes, apply sales' status changes, tell
-marketing what to nurture."""
+"""Feedback's use cases: follow each lead from intake through routing, apply sales' status
+reports (in whatever order they come), and tell marketing what to nurture."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 from handoff_runtime.db import UnitOfWork
 from handoff_runtime.problems import Conflict, DomainError, NotFound
@@ -18,15 +20,24 @@ from handoff_schemas import (
 )
 
 from .lifecycle import (
+    Disposition,
+    Policy,
     Reason,
-    ReasonRequired,
+    Report,
+    ReportInvalid,
+    State,
     TransitionRefused,
-    check_transition,
+    check_report,
     is_working,
     nurture_request,
 )
-from .models import HistoryEntry, TrackedLead
+from .models import HistoryEntry, PendingStatus, TrackedLead
 from .repository import FeedbackRepository
+
+NEW, QUEUED, NURTURE = "new", "queued", "nurture"
+BEFORE_SALES = frozenset({NEW, QUEUED})
+"""A lead in these states is on its way to a rep: a status report for it waits."""
+PENDING = "pending"
 
 
 class InvalidTransition(Conflict):
@@ -36,157 +47,326 @@ class InvalidTransition(Conflict):
     title = "Status change not allowed"
 
 
-class MissingReason(DomainError):
-    """Leaving the funnel needs a reason (and `other` a note)."""
+class InvalidReport(DomainError):
+    """A report that is wrong whatever the lead's status (a missing reason, an amount for a
+    status other than won, a time in the future)."""
 
     status = 422
-    type = "reason-required"
-    title = "Reason required"
+    type = "invalid-status-report"
+    title = "Invalid status report"
 
 
-async def follow_routing(
-    uow: UnitOfWork,
-    lead_id: str,
-    *,
-    status: str,
-    occurred_at: datetime,
-    rep_id: str | None = None,
-    team_id: str | None = None,
-    reason: str | None = None,
-    note: str | None = None,
+@dataclass(frozen=True)
+class Outcome:
+    """What a status report did: the lead as it is now, and the report's disposition
+    (applied, late, duplicate, or pending until the lead's assignment)."""
+
+    lead: TrackedLead
+    disposition: str
+
+
+# --- following the lead from intake through routing ------------------------------------
+
+
+async def lead_seen(
+    uow: UnitOfWork, lead_id: str, *, cycle: int, at: datetime, engaged: bool
 ) -> None:
-    """Record what the router did with a lead: the owner and the start of its lifecycle."""
+    """Marketing handed in the lead (`engaged`: an intake of it, the first or a later one) or
+    the scorer scored it: feedback knows the lead from now on. A later intake is recorded
+    as engagement; a higher cycle means the lead re-qualified after nurture and is on its
+    way to sales again."""
     repo = FeedbackRepository(uow.session)
     lead = await repo.lead(lead_id, for_update=True)
-    previous = lead.status if lead else None
     now = utcnow()
     if lead is None:
-        lead = TrackedLead(lead_id=lead_id, status=status, updated_at=now)
+        lead = TrackedLead(lead_id=lead_id, status=NEW, cycle=cycle, updated_at=now)
         repo.add(lead)
-    lead.status, lead.updated_at = status, now
-    if rep_id is not None:
-        lead.rep_id, lead.team_id = rep_id, team_id
-    repo.add(
-        HistoryEntry(
-            lead_id=lead_id,
-            from_status=previous,
-            to_status=status,
-            reason=reason,
-            note=note,
-            actor="router",
-            rep_id=rep_id,
-            occurred_at=occurred_at,
-            recorded_at=now,
-        )
-    )
+    elif cycle > lead.cycle:
+        previous = lead.status
+        lead.status, lead.cycle, lead.status_at, lead.updated_at = NEW, cycle, None, now
+        _history(repo, lead, previous, "requalified", "scorer", at, now, note=f"cycle {cycle}")
+    if not engaged:
+        return
+    if await repo.has_history(lead_id, "created"):
+        _history(repo, lead, lead.status, "engaged", "marketing", at, now, disposition="recorded")
+    else:
+        _history(repo, lead, None, "created", "marketing", at, now)
 
 
-async def lead_assigned(uow: UnitOfWork, event: LeadAssignedV1) -> None:
-    """A rep owns the lead now: its lifecycle starts at `assigned`."""
-    await follow_routing(
-        uow,
-        event.lead_id,
-        status=LeadStatus.ASSIGNED.value,
-        occurred_at=event.assigned_at,
-        rep_id=event.rep_id,
-        team_id=event.team_id,
+async def lead_assigned(uow: UnitOfWork, event: LeadAssignedV1, policy: Policy) -> None:
+    """A rep owns the lead: its lifecycle (re)starts at `assigned`, and status reports that
+    came before the assignment are applied now, oldest first. An assignment from an earlier
+    cycle, or one for a lead sales already moved past its working statuses, changes nothing."""
+    repo = FeedbackRepository(uow.session)
+    lead = await repo.lead(event.lead_id, for_update=True)
+    now = utcnow()
+    if lead is None:
+        lead = TrackedLead(lead_id=event.lead_id, status=NEW, cycle=event.cycle, updated_at=now)
+        repo.add(lead)
+    elif event.cycle < lead.cycle or (
+        event.cycle == lead.cycle
+        and lead.status not in BEFORE_SALES | {NURTURE}
+        and not is_working(LeadStatus(lead.status))
+    ):
+        return
+    previous = lead.status
+    lead.status, lead.status_at, lead.cycle = LeadStatus.ASSIGNED.value, None, event.cycle
+    lead.rep_id, lead.team_id, lead.updated_at = event.rep_id, event.team_id, now
+    _history(
+        repo,
+        lead,
+        previous,
+        LeadStatus.ASSIGNED,
+        "router",
+        event.assigned_at,
+        now,
         note=f"assigned to {event.rep_name} ({event.decision.rule})",
     )
+    for waiting in await repo.pending(event.lead_id):
+        report = Report(
+            status=LeadStatus(waiting.change["status"]),
+            occurred_at=datetime.fromisoformat(waiting.change["occurred_at"]),
+            reason=Reason(waiting.change["reason"]) if waiting.change.get("reason") else None,
+            note=waiting.change.get("note"),
+            amount=waiting.change.get("amount"),
+        )
+        actor = waiting.change.get("actor")
+        try:
+            await _receive(uow, repo, lead, report, actor, waiting.delivery_id, policy)
+        except InvalidTransition as refused:
+            _history(
+                repo,
+                lead,
+                lead.status,
+                report.status,
+                actor,
+                report.occurred_at,
+                utcnow(),
+                disposition=Disposition.REFUSED,
+                reason=report.reason.value if report.reason else None,
+                note=f"{report.note or ''} [{refused.detail}]".strip(),
+                report=report,
+                delivery_id=waiting.delivery_id,
+            )
+        await repo.delete(waiting)
 
 
 async def lead_queued(uow: UnitOfWork, event: LeadQueuedV1) -> None:
     """The lead waits in a team's backlog."""
-    await follow_routing(
-        uow, event.lead_id, status="queued", occurred_at=event.queued_at, team_id=event.team_id
-    )
+    await _before_sales(uow, event.lead_id, QUEUED, event.queued_at, team_id=event.team_id)
 
 
 async def lead_nurtured(uow: UnitOfWork, event: LeadNurtureRequestedV1) -> None:
     """The router sent the lead to nurture instead of sales."""
-    await follow_routing(
+    await _before_sales(
         uow,
         event.lead_id,
-        status="nurture",
-        occurred_at=event.requested_at,
+        NURTURE,
+        event.requested_at,
         reason=event.reason.value,
         note=event.note,
     )
 
 
-async def change_status(
+async def _before_sales(
     uow: UnitOfWork,
     lead_id: str,
+    status: str,
+    at: datetime,
     *,
-    status: LeadStatus,
-    reason: Reason | None,
-    note: str | None,
+    team_id: str | None = None,
+    reason: str | None = None,
+    note: str | None = None,
+) -> None:
+    """Record a routing outcome that leaves the lead without a rep (queued, nurture); it
+    never overrides an assignment the lead already has."""
+    repo = FeedbackRepository(uow.session)
+    lead = await repo.lead(lead_id, for_update=True)
+    now = utcnow()
+    if lead is None:
+        lead = TrackedLead(lead_id=lead_id, status=NEW, updated_at=now)
+        repo.add(lead)
+    elif lead.status not in BEFORE_SALES:
+        return
+    previous = lead.status
+    lead.status, lead.team_id, lead.updated_at = status, team_id, now
+    _history(repo, lead, previous, status, "router", at, now, reason=reason, note=note)
+
+
+# --- status reports from sales -----------------------------------------------------------
+
+
+async def report_status(
+    uow: UnitOfWork,
+    lead_id: str,
+    report: Report,
+    *,
     actor: str | None,
-    occurred_at: datetime | None,
-) -> TrackedLead:
-    """Apply a status change reported by sales, announce it, and ask marketing to nurture
-    the lead when sales let it go for a nurturable reason."""
+    delivery_id: str | None,
+    policy: Policy,
+) -> Outcome:
+    """Take a status report from the CRM: apply it, keep it as late or duplicate, or — for
+    a lead still on its way to a rep — keep it until the assignment arrives."""
+    try:
+        check_report(report)
+    except ReportInvalid as exc:
+        raise _invalid(exc.field, str(exc)) from None
+    if report.occurred_at > utcnow() + policy.clock_skew:
+        raise _invalid("occurred_at", "occurred_at is in the future")
     repo = FeedbackRepository(uow.session)
     lead = await repo.lead(lead_id, for_update=True)
     if lead is None:
-        raise NotFound(f"no lead {lead_id} has been routed to sales")
-    try:
-        current = LeadStatus(lead.status)
-    except ValueError:
+        raise NotFound(f"feedback has not seen lead {lead_id}")
+    if lead.status in BEFORE_SALES:
+        repo.add(
+            PendingStatus(
+                lead_id=lead_id,
+                change={
+                    "status": report.status.value,
+                    "occurred_at": report.occurred_at.isoformat(),
+                    "reason": report.reason.value if report.reason else None,
+                    "note": report.note,
+                    "amount": report.amount,
+                    "actor": actor,
+                },
+                delivery_id=delivery_id,
+                received_at=utcnow(),
+            )
+        )
+        return Outcome(lead, PENDING)
+    if lead.status == NURTURE:
         raise InvalidTransition(
-            f"lead {lead_id} is {lead.status}, not owned by a rep", allowed=[]
-        ) from None
+            f"lead {lead_id} went to nurture, not to sales", allowed=[], current_status=NURTURE
+        )
+    disposition = await _receive(uow, repo, lead, report, actor, delivery_id, policy)
+    return Outcome(lead, disposition.value)
+
+
+async def _receive(
+    uow: UnitOfWork,
+    repo: FeedbackRepository,
+    lead: TrackedLead,
+    report: Report,
+    actor: str | None,
+    delivery_id: str | None,
+    policy: Policy,
+) -> Disposition:
+    """Apply one valid report to an assigned lead, or keep it in the history as late or a
+    duplicate; raise InvalidTransition when it would move the lead backwards."""
+    current = LeadStatus(lead.status)
     try:
-        check_transition(current, status, reason, note)
+        after, disposition = State(current, lead.status_at).after(report)
     except TransitionRefused as exc:
-        raise InvalidTransition(str(exc), allowed=[s.value for s in exc.allowed]) from None
-    except ReasonRequired as exc:
-        raise MissingReason(
-            str(exc), errors=[{"field": "body.reason", "reason": str(exc)}]
+        raise InvalidTransition(
+            str(exc), allowed=[s.value for s in exc.allowed], current_status=current.value
         ) from None
     now = utcnow()
-    when = occurred_at or now
-    lead.status, lead.updated_at = status.value, now
-    repo.add(
-        HistoryEntry(
-            lead_id=lead_id,
-            from_status=current.value,
-            to_status=status.value,
-            reason=reason.value if reason else None,
-            note=note,
-            actor=actor,
-            rep_id=lead.rep_id,
-            occurred_at=when,
-            recorded_at=now,
-        )
+    _history(
+        repo,
+        lead,
+        current,
+        report.status,
+        actor,
+        report.occurred_at,
+        now,
+        disposition=disposition,
+        reason=report.reason.value if report.reason else None,
+        note=report.note,
+        report=report,
+        delivery_id=delivery_id,
     )
+    if disposition is not Disposition.APPLIED:
+        return disposition
+    lead.status, lead.status_at, lead.updated_at = after.status.value, after.since, now
+    await _announce(uow, lead, current, report, actor, policy)
+    return disposition
+
+
+async def _announce(
+    uow: UnitOfWork,
+    lead: TrackedLead,
+    previous: LeadStatus,
+    report: Report,
+    actor: str | None,
+    policy: Policy,
+) -> None:
+    """Publish the status change, and a nurture request when sales let the lead go for a
+    reason worth nurturing (re-qualify date counted from when it happened)."""
+    reason = report.reason.value if report.reason else None
     await uow.publish(
         LeadStatusChangedV1(
-            lead_id=lead_id,
-            from_status=current,
-            to_status=status,
+            lead_id=lead.lead_id,
+            from_status=previous,
+            to_status=report.status,
             rep_id=lead.rep_id,
-            reason=reason.value if reason else None,
-            note=note,
+            team_id=lead.team_id,
+            reason=reason,
+            note=report.note,
             actor=actor,
-            occurred_at=when,
-            working=is_working(status),
+            occurred_at=report.occurred_at,
+            working=is_working(report.status),
+            amount=report.amount,
+            cycle=lead.cycle,
         ),
         topic=LEAD_STATUS.name,
-        subject=lead_id,
+        subject=lead.lead_id,
     )
-    nurture = nurture_request(status, reason, today=when.date())
+    nurture = nurture_request(
+        report.status,
+        report.reason,
+        today=report.occurred_at.date(),
+        after_days=policy.requalify_after_days,
+    )
     if nurture is not None:
         nurture_reason, requalify_on = nurture
         await uow.publish(
             LeadNurtureRequestedV1(
-                lead_id=lead_id,
+                lead_id=lead.lead_id,
                 reason=nurture_reason,
                 requalify_on=requalify_on,
-                note=note,
-                requested_at=now,
+                note=report.note,
+                requested_at=utcnow(),
                 requested_by="feedback",
             ),
             topic=LEAD_STATUS.name,
-            subject=lead_id,
+            subject=lead.lead_id,
         )
-    return lead
+
+
+def _invalid(field_name: str, message: str) -> InvalidReport:
+    return InvalidReport(message, errors=[{"field": f"body.{field_name}", "reason": message}])
+
+
+def _history(
+    repo: FeedbackRepository,
+    lead: TrackedLead,
+    from_status: str | None,
+    to_status: str,
+    actor: str | None,
+    occurred_at: datetime,
+    recorded_at: datetime,
+    *,
+    disposition: str = Disposition.APPLIED,
+    reason: str | None = None,
+    note: str | None = None,
+    report: Report | None = None,
+    delivery_id: str | None = None,
+) -> None:
+    amount = report.amount if report is not None else None
+    repo.add(
+        HistoryEntry(
+            lead_id=lead.lead_id,
+            from_status=from_status,
+            to_status=to_status,
+            reason=reason,
+            note=note,
+            actor=actor,
+            rep_id=lead.rep_id,
+            occurred_at=occurred_at,
+            recorded_at=recorded_at,
+            disposition=str(disposition),
+            cycle=lead.cycle,
+            amount=Decimal(str(amount)) if amount is not None else None,
+            delivery_id=delivery_id,
+        )
+    )

@@ -1,0 +1,418 @@
+"""The lead lifecycle on the real stack: feedback as a process on its own PostgreSQL and
+broker, fed routing events on Kafka and status reports over signed HTTP.
+
+- Status intake is signed (Standard Webhooks) and idempotent per delivery; bad reports are
+  4xx problem+json naming the field.
+- A report that comes before feedback saw the assignment waits, and is applied once the
+  assignment arrives.
+- Late and duplicate reports never move a lead backwards: any order of the reports of a real
+  sequence, with repeats, and wherever the assignment falls among them, ends in the state
+  the sequence ends in (Hypothesis, on the database itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from standardwebhooks.webhooks import Webhook
+from support.kafka import produce, read_topic
+from support.processes import running_instances
+
+from handoff_feedback import service
+from handoff_feedback.lifecycle import TRANSITIONS, Policy, Reason, Report
+from handoff_runtime.db import Database
+from handoff_runtime.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
+from handoff_schemas import (
+    LEAD_CREATED,
+    LEAD_ROUTING,
+    LEAD_STATUS,
+    FitGrade,
+    LeadAssignedV1,
+    LeadCreatedV1,
+    LeadProfile,
+    LeadStatus,
+    RoutingDecision,
+    decode,
+    encode,
+    new_event,
+)
+
+pytestmark = pytest.mark.integration
+
+S = LeadStatus
+CRM_SECRET = "whsec_" + "Y3JtLXNlY3JldC1jcm0tc2VjcmV0LWNybS1zZWNyZXQ="
+
+
+@dataclass
+class Feedback:
+    url: str
+    database_url: str
+    bootstrap: str
+
+
+@pytest.fixture(scope="module")
+def feedback() -> Iterator[Feedback]:
+    workdir = Path(tempfile.mkdtemp(prefix="handoff-feedback-"))
+    postgres = EmbeddedPostgres(workdir / "pg", temporary=True)
+    kafka = EmbeddedKafka(port=free_port(), log_path=workdir / "tansu.log")
+    try:
+        database_url = postgres.start()
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.start(),
+            "HANDOFF_FEEDBACK_WEBHOOK_SOURCES": json.dumps(
+                {"local": {"signed": False}, "crm": {"secrets": [CRM_SECRET]}}
+            ),
+        }
+        with running_instances(
+            "handoff_feedback", 1, env=env, port_env="HANDOFF_FEEDBACK_PORT", workdir=workdir
+        ) as (instance,):
+            yield Feedback(instance.base_url, database_url, kafka.bootstrap)
+    finally:
+        kafka.stop()
+        postgres.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+async def http() -> Any:
+    async with httpx.AsyncClient(timeout=20, headers={"webhook-source": "local"}) as client:
+        yield client
+
+
+def new_lead_id() -> str:
+    return f"lead_{uuid.uuid4().hex}"
+
+
+def assigned(lead_id: str, *, rep_id: str = "rep_1", cycle: int = 1) -> LeadAssignedV1:
+    return LeadAssignedV1(
+        lead_id=lead_id,
+        rep_id=rep_id,
+        rep_name="Maria Keller",
+        team_id="team_1",
+        assigned_at=datetime.now(UTC),
+        decision=RoutingDecision(
+            rule="fallback_team", team_id="team_1", icp_version=1, score=80, grade=FitGrade.A
+        ),
+        cycle=cycle,
+    )
+
+
+async def publish(bootstrap: str, topic: str, data: Any, source: str) -> None:
+    event = new_event(data, source=source, subject=data.lead_id)
+    await produce(bootstrap, topic, [(data.lead_id.encode(), encode(event))])
+
+
+async def created_on_kafka(feedback: Feedback, lead_id: str) -> None:
+    created = LeadCreatedV1(
+        lead_id=lead_id,
+        received_at=datetime.now(UTC),
+        lead=LeadProfile(email=f"{lead_id}@example.com", campaign="spring"),
+    )
+    await publish(feedback.bootstrap, LEAD_CREATED.name, created, "/handoff/scorer")
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 20) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def history(http: httpx.AsyncClient, feedback: Feedback, lead_id: str) -> dict[str, Any]:
+    answer = await http.get(f"{feedback.url}/v1/leads/{lead_id}/history")
+    return answer.json() if answer.status_code == 200 else {}
+
+
+async def assigned_in_feedback(http: httpx.AsyncClient, feedback: Feedback, lead_id: str) -> None:
+    await publish(feedback.bootstrap, LEAD_ROUTING.name, assigned(lead_id), "/handoff/router")
+
+    async def owned() -> bool:
+        return (await history(http, feedback, lead_id)).get("status") == "assigned"
+
+    assert await eventually(owned), f"feedback never saw {lead_id} assigned"
+
+
+def status_url(feedback: Feedback, lead_id: str) -> str:
+    return f"{feedback.url}/v1/leads/{lead_id}/status"
+
+
+# --- a report before the assignment -----------------------------------------------------
+
+
+async def test_a_report_before_the_assignment_waits_for_it_and_is_applied_then(
+    feedback: Feedback, http: httpx.AsyncClient
+) -> None:
+    lead_id = new_lead_id()
+    unknown = await http.post(status_url(feedback, lead_id), json={"status": "contacted"})
+    assert unknown.status_code == 404
+    assert unknown.headers["content-type"] == "application/problem+json"
+
+    await created_on_kafka(feedback, lead_id)
+
+    async def known() -> bool:
+        return (await history(http, feedback, lead_id)).get("status") == "new"
+
+    assert await eventually(known)
+    now = datetime.now(UTC)
+    # The rep was quick: contacted and (reported second, but earlier) accepted, before
+    # feedback heard of the assignment.
+    for status, at in (("contacted", now), ("accepted", now - timedelta(seconds=30))):
+        early = await http.post(
+            status_url(feedback, lead_id),
+            json={"status": status, "occurred_at": at.isoformat(), "actor": "rep_1"},
+        )
+        assert early.status_code == 202, early.text
+        assert early.json()["disposition"] == "pending"
+    waiting = await history(http, feedback, lead_id)
+    assert [p["change"]["status"] for p in waiting["pending"]] == ["accepted", "contacted"]
+
+    await publish(feedback.bootstrap, LEAD_ROUTING.name, assigned(lead_id), "/handoff/router")
+
+    async def applied() -> bool:
+        return (await history(http, feedback, lead_id)).get("status") == "contacted"
+
+    assert await eventually(applied)
+    story = await history(http, feedback, lead_id)
+    assert story["pending"] == []
+    # (the history is in the order things happened: the rep's steps came before feedback
+    # heard of the assignment)
+    steps = sorted((h["to_status"], h["disposition"]) for h in story["history"])
+    assert steps == [
+        ("accepted", "applied"),
+        ("assigned", "applied"),
+        ("contacted", "applied"),
+        ("created", "applied"),
+    ]
+    records = await read_topic(
+        feedback.bootstrap, LEAD_STATUS.name, until=2, where=lambda r: r.key == lead_id.encode()
+    )
+    changes = [decode(r.value).data for r in records]
+    assert [(c.from_status, c.to_status) for c in changes] == [
+        (S.ASSIGNED, S.ACCEPTED),
+        (S.ACCEPTED, S.CONTACTED),
+    ]
+    assert all((c.rep_id, c.team_id, c.cycle) == ("rep_1", "team_1", 1) for c in changes)
+    assert [c.working for c in changes] == [True, True]
+
+
+# --- signed, idempotent intake and what it refuses --------------------------------------
+
+
+def signed(body: dict[str, Any], *, delivery_id: str | None = None) -> dict[str, Any]:
+    content = json.dumps(body)
+    delivery_id = delivery_id or f"msg_{uuid.uuid4().hex}"
+    now = datetime.now(UTC)
+    headers = {
+        "content-type": "application/json",
+        "webhook-source": "crm",
+        "webhook-id": delivery_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(CRM_SECRET).sign(delivery_id, now, content),
+    }
+    return {"content": content, "headers": headers}
+
+
+async def test_status_reports_are_signed_and_idempotent_per_delivery(
+    feedback: Feedback, http: httpx.AsyncClient
+) -> None:
+    lead_id = new_lead_id()
+    await created_on_kafka(feedback, lead_id)
+    await assigned_in_feedback(http, feedback, lead_id)
+    url = status_url(feedback, lead_id)
+    async with httpx.AsyncClient(timeout=20) as bare:
+        missing = await bare.post(url, json={"status": "accepted"})
+        assert missing.status_code == 401
+        forged = signed({"status": "accepted"})
+        forged["headers"]["webhook-signature"] = (
+            "v1,AAAA" + forged["headers"]["webhook-signature"][7:]
+        )
+        assert (await bare.post(url, **forged)).status_code == 401
+
+        delivery = signed({"status": "accepted", "actor": "rep_1"})
+        first = await bare.post(url, **delivery)
+        assert first.status_code == 200, first.text
+        assert first.json()["disposition"] == "applied"
+        again = await bare.post(url, **delivery)
+        assert again.status_code == 200
+        assert again.json() == first.json()
+        assert again.headers["idempotent-replayed"] == "true"
+        same_id = signed({"status": "contacted"}, delivery_id=delivery["headers"]["webhook-id"])
+        assert (await bare.post(url, **same_id)).status_code == 409
+
+    story = await history(http, feedback, lead_id)
+    assert [h["to_status"] for h in story["history"]] == ["created", "assigned", "accepted"]
+    assert story["history"][-1]["actor"] == "rep_1"
+
+
+async def test_bad_reports_are_refused_naming_the_field_and_moves_backwards_list_the_allowed(
+    feedback: Feedback, http: httpx.AsyncClient
+) -> None:
+    lead_id = new_lead_id()
+    await created_on_kafka(feedback, lead_id)
+    await assigned_in_feedback(http, feedback, lead_id)
+    url = status_url(feedback, lead_id)
+    future = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    for body, field in (
+        ({"status": "disqualified"}, "body.reason"),
+        ({"status": "recycled", "reason": "other"}, "body.note"),
+        ({"status": "accepted", "amount": 10}, "body.amount"),
+        ({"status": "accepted", "occurred_at": future}, "body.occurred_at"),
+        ({"status": "promoted"}, "body.status"),
+        ({"status": "won", "amount": -5}, "body.amount"),
+        ({"status": "accepted", "occurred_at": "2025-01-01T10:00:00"}, "body.occurred_at"),
+    ):
+        answer = await http.post(url, json=body)
+        assert answer.status_code == 422, (body, answer.text)
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert field in [e["field"] for e in answer.json()["errors"]], (body, answer.json())
+
+    now = datetime.now(UTC)
+    qualified = await http.post(url, json={"status": "qualified", "occurred_at": now.isoformat()})
+    assert qualified.json()["disposition"] == "applied"  # contacted was skipped: allowed
+    backwards = await http.post(
+        url, json={"status": "contacted", "occurred_at": (now + timedelta(seconds=1)).isoformat()}
+    )
+    assert backwards.status_code == 409
+    problem = backwards.json()
+    assert sorted(problem["allowed"]) == ["converted", "lost", "won"]
+    assert problem["current_status"] == "qualified"
+    late = await http.post(
+        url, json={"status": "contacted", "occurred_at": (now - timedelta(hours=1)).isoformat()}
+    )
+    assert late.status_code == 200
+    assert (late.json()["disposition"], late.json()["status"]) == ("late", "qualified")
+    repeat = await http.post(url, json={"status": "qualified"})
+    assert (repeat.json()["disposition"], repeat.json()["status"]) == ("duplicate", "qualified")
+    won = await http.post(url, json={"status": "won", "amount": 48000.5, "actor": "rep_1"})
+    assert won.json()["status"] == "won"
+
+    story = await history(http, feedback, lead_id)
+    # in the order things happened: the late report is the oldest
+    assert [(h["to_status"], h["disposition"]) for h in story["history"]] == [
+        ("contacted", "late"),
+        ("created", "applied"),
+        ("assigned", "applied"),
+        ("qualified", "applied"),
+        ("qualified", "duplicate"),
+        ("won", "applied"),
+    ]
+    assert story["history"][-1]["amount"] == "48000.50"
+
+
+# --- any order, any repeats: the same end ------------------------------------------------
+
+
+@st.composite
+def real_sequences(draw: st.DrawFn) -> list[Report]:
+    """What really happened to one lead after its assignment: a walk along the funnel's
+    steps at non-decreasing whole-second times."""
+    current, at, steps = S.ASSIGNED, datetime.now(UTC).replace(microsecond=0), []
+    while TRANSITIONS[current] and bool(draw(st.booleans())):
+        current = draw(st.sampled_from(sorted(TRANSITIONS[current])))
+        at -= timedelta(seconds=draw(st.integers(min_value=0, max_value=3)))
+        reason = Reason.NO_BUDGET if current in {S.DISQUALIFIED, S.RECYCLED, S.LOST} else None
+        amount = 1000.0 if current is S.WON else None
+        steps.append(Report(current, at, reason=reason, amount=amount))
+    # times were drawn going back from now (never in the future): put them in order
+    return [
+        Report(s.status, t, reason=s.reason, amount=s.amount)
+        for s, t in zip(steps, sorted(s.occurred_at for s in steps), strict=True)
+    ]
+
+
+ASSIGNMENT = "assignment"
+
+
+async def _deliver(db: Database, lead_id: str, arrivals: list[Report | str]) -> None:
+    async with db.unit_of_work() as uow:
+        await service.lead_seen(uow, lead_id, cycle=1, at=datetime.now(UTC), engaged=True)
+    for arrival in arrivals:
+        async with db.unit_of_work() as uow:
+            if arrival == ASSIGNMENT:
+                await service.lead_assigned(uow, assigned(lead_id), Policy())
+            else:
+                assert isinstance(arrival, Report)
+                await service.report_status(
+                    uow, lead_id, arrival, actor="crm", delivery_id=None, policy=Policy()
+                )
+
+
+async def _end_state(db: Database, lead_id: str) -> tuple[Any, ...]:
+    """The lead's row, the statuses announced for it, and how many nurture requests."""
+    async with db.engine.connect() as conn:
+        lead = (
+            await conn.execute(
+                sa.text("SELECT status, status_at FROM feedback.leads WHERE lead_id = :id"),
+                {"id": lead_id},
+            )
+        ).one()
+        values = (
+            await conn.execute(
+                sa.text("SELECT value FROM feedback.outbox WHERE key = :id ORDER BY id"),
+                {"id": lead_id},
+            )
+        ).scalars()
+        events = [json.loads(v) for v in values]
+    announced = [
+        e["data"]["to_status"] for e in events if e["type"] == "handoff.lead.status_changed.v1"
+    ]
+    nurtures = sum(e["type"] == "handoff.lead.nurture_requested.v1" for e in events)
+    return lead.status, lead.status_at, announced, nurtures
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data(), sequence=real_sequences())
+def test_any_order_with_repeats_and_the_assignment_anywhere_ends_as_the_sequence_does(
+    feedback: Feedback, data: st.DataObject, sequence: list[Report]
+) -> None:
+    repeats = data.draw(st.lists(st.sampled_from(sequence), max_size=3)) if sequence else []
+    arrivals: list[Report | str] = data.draw(st.permutations([*sequence, *repeats, ASSIGNMENT]))
+    in_order, shuffled = new_lead_id(), new_lead_id()
+
+    async def both() -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        # the service's own units of work on the real database (the running feedback
+        # process relays what they stage; the test reads the outbox itself)
+        db = Database(feedback.database_url, schema="feedback", source="/handoff/feedback")
+        try:
+            await _deliver(db, in_order, [ASSIGNMENT, *sequence])
+            await _deliver(db, shuffled, arrivals)
+            return await _end_state(db, in_order), await _end_state(db, shuffled)
+        finally:
+            await db.dispose()
+
+    loop = asyncio.new_event_loop()
+    try:
+        expected, got = loop.run_until_complete(both())
+    finally:
+        loop.close()
+
+    last = sequence[-1] if sequence else None
+    assert expected[:2] == ((last.status.value, last.occurred_at) if last else ("assigned", None))
+    assert got[:2] == expected[:2]
+    # every status announced moved the lead forward; the last one announced is the end
+    assert set(got[2]) <= {s.status.value for s in sequence}
+    assert (got[2][-1] if got[2] else None) == (last.status.value if last else None)
+    nurtured = last is not None and last.status in {S.DISQUALIFIED, S.RECYCLED}
+    assert got[3] == expected[3] == int(nurtured)
