@@ -170,6 +170,14 @@ class ConsumerLoop:
         await handler(uow, event)
         return "processed"
 
+    def dedupe_key(self, event_key: str) -> str:
+        """The key marking an event as processed by this group: the event key itself for the
+        service's own group, prefixed with the group's name for any other group of the
+        service (e.g. a read model's), so that each group applies every event once."""
+        if self.spec.group == self.settings.service:
+            return event_key
+        return f"{self.spec.group}:{event_key}"
+
     async def _record_processed(
         self, uow: UnitOfWork, record: ConsumerRecord[bytes, bytes], key: str, outcome: str
     ) -> bool:
@@ -177,7 +185,7 @@ class ConsumerLoop:
         inserted = await uow.session.execute(
             insert(table)
             .values(
-                event_key=key,
+                event_key=self.dedupe_key(key),
                 topic=record.topic,
                 partition=record.partition,
                 offset=record.offset,

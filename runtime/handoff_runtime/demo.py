@@ -251,6 +251,8 @@ SCRIPTS: tuple[Script, ...] = (
     _script(0.20, LATER, "accepted contacted qualified converted lost:competitor"),
     _script(0.15, LATER, "accepted contacted qualified"),
 )
+DEAL_SIZES = (12_000, 24_000, 36_000, 48_000, 90_000)
+"""Won amounts the demo CRM reports (revenue per campaign in the shared KPIs)."""
 QUIET_STATUSES = frozenset({"accepted", "contacted"})
 """Posted like every step, but not printed: they change nothing anyone downstream acts on."""
 NOT_WORKING = frozenset({"qualified", "converted", "won", "lost", "disqualified", "recycled"})
@@ -600,7 +602,10 @@ class Demo:
         assert self.http is not None
         await asyncio.sleep(pause)
         for status, reason in steps:
-            body = json.dumps({"status": status, "reason": reason, "actor": "demo-crm"}).encode()
+            change: dict[str, object] = {"status": status, "reason": reason, "actor": "demo-crm"}
+            if status == "won":
+                change["amount"] = float(self.rng.choice(DEAL_SIZES))
+            body = json.dumps(change).encode()
             url = f"{self.feedback}/v1/leads/{lead.lead_id}/status"
             answer: httpx.Response | None = None
             for _ in range(STATUS_404_RETRIES):

@@ -54,14 +54,14 @@ LEAD_CREATED = Topic(
     "Leads as received, from the scorer's webhook intake or any producer.",
     partitions=3,
     producers=("scorer", "marketing automation"),
-    consumers=("scorer",),
+    consumers=("scorer", "feedback"),
 )
 LEAD_SCORED = Topic(
     "handoff.lead.scored",
     "Leads scored against the current ICP, with the explanation of every score.",
     partitions=3,
     producers=("scorer",),
-    consumers=("router",),
+    consumers=("router", "feedback"),
 )
 LEAD_ROUTING = Topic(
     "handoff.lead.routing",
@@ -75,7 +75,7 @@ LEAD_STATUS = Topic(
     "The lead lifecycle as sales reports it, and nurture requests for marketing.",
     partitions=3,
     producers=("feedback",),
-    consumers=("router", "scorer", "marketing automation"),
+    consumers=("router", "scorer", "feedback", "marketing automation"),
 )
 
 ICP = Topic(

@@ -8,6 +8,8 @@ from handoff_runtime.service import create_service_app
 
 from .api import router
 from .consumers import lifecycle_consumer
+from .kpi_api import kpi_router
+from .kpis import kpi_projection
 from .settings import FeedbackSettings
 
 
@@ -18,6 +20,6 @@ def create_app(settings: FeedbackSettings | None = None) -> FastAPI:
         settings,
         title="Handoff feedback",
         description="Status changes from the CRM, recycling to nurture, and each lead's history.",
-        routers=[router],
-        consumers=[lifecycle_consumer(settings.policy())],
+        routers=[router, kpi_router],
+        consumers=[lifecycle_consumer(settings.policy()), kpi_projection],
     )
