@@ -286,12 +286,16 @@ class BacklogItem(BaseModel):
 
 
 class RoutingHistory(BaseModel):
-    """Where a lead stands with the router and every decision about it."""
+    """Where a lead stands with the router and every decision about it, in every sales
+    cycle (each decision names its `cycle`)."""
 
     lead_id: str
     state: str
     team_id: str | None
     rep_id: str | None
+    cycle: int = Field(
+        description="The lead's current sales cycle: one more each time it re-qualifies."
+    )
     decisions: list[dict[str, Any]]
 
 
@@ -467,7 +471,9 @@ async def lead_routing(lead_id: str, db: Db) -> RoutingHistory:
         state=routed.state,
         team_id=routed.team_id,
         rep_id=routed.rep_id,
+        cycle=routed.cycle,
         decisions=[
-            {"outcome": d.outcome, "decided_at": d.decided_at, **d.decision} for d in decisions
+            {"outcome": d.outcome, "decided_at": d.decided_at, "cycle": d.cycle, **d.decision}
+            for d in decisions
         ],
     )

@@ -85,7 +85,8 @@ class Assignment(SQLModel, table=True):
 
 
 class RoutedLead(SQLModel, table=True):
-    """Where each lead the router has seen stands: assigned, queued, nurture or released."""
+    """Where each lead the router has seen stands: assigned, queued, nurture or released (in
+    its latest sales cycle; the decisions and assignments of earlier cycles are kept)."""
 
     __tablename__ = "routed_leads"
     __table_args__ = {"schema": SCHEMA}
@@ -103,6 +104,9 @@ class RoutedLead(SQLModel, table=True):
     account_domain: str | None = Field(default=None, index=True)
     scored: dict[str, Any] | None = Field(
         default=None, sa_column=sa.Column(JSONB), description="The scored event it was routed by."
+    )
+    cycle: int = Field(
+        default=1, description="The lead's sales cycle: one more each time it re-qualifies."
     )
 
 
@@ -137,6 +141,7 @@ class Decision(SQLModel, table=True):
     outcome: str
     decided_at: datetime = Field(sa_type=TS)
     decision: dict[str, Any] = Field(sa_column=sa.Column(JSONB, nullable=False))
+    cycle: int = Field(default=1, description="The lead's sales cycle it was decided in.")
 
 
 class RoutingRule(SQLModel, table=True):

@@ -16,6 +16,11 @@ breaks what is left, for determinism.
 
 Low-fit leads go to nurture. The backlog drains best fit grade first, then highest score,
 then oldest — each queued lead to a rep eligible for it.
+
+A lead is routed once per sales cycle. Scored again in the same cycle, it keeps its place; a
+lead that re-qualified after nurture comes back with a higher cycle and, once sales has let
+it go (released, or in nurture), is routed again like a new lead. A lead still with sales
+(assigned or queued) keeps its place in any cycle.
 """
 
 from __future__ import annotations
@@ -257,6 +262,17 @@ def goes_to_nurture(grade: FitGrade, nurture_from: FitGrade | None) -> bool:
     """Whether a lead's fit is too low for sales: its grade is `nurture_from` or worse
     (None sends every grade to sales)."""
     return nurture_from is not None and _GRADE_RANK[grade] >= _GRADE_RANK[nurture_from]
+
+
+OFF_SALES_STATES = frozenset({"released", "nurture"})
+"""Router states of a lead that no rep works and no backlog holds."""
+
+
+def routes_again(state: str, cycle: int, scored_cycle: int) -> bool:
+    """Whether a lead the router already holds (in `state`, routed in `cycle`) is routed
+    again when scored in `scored_cycle`: only in a later cycle, and only once sales has let
+    it go."""
+    return scored_cycle > cycle and state in OFF_SALES_STATES
 
 
 def backlog_priority(

@@ -39,6 +39,7 @@ from .routing import (
     choose_rep,
     goes_to_nurture,
     match_rule,
+    routes_again,
 )
 
 
@@ -142,16 +143,18 @@ async def route_scored_lead(
     account_owner_full: str = "route_normally",
 ) -> str:
     """Send a scored lead to nurture, to the least-loaded rep with room, or to the backlog.
-    Returns the outcome. A lead the router already holds is not routed twice."""
+    Returns the outcome. A lead the router already holds is not routed twice in one sales
+    cycle: only a lead that re-qualified (a higher cycle) after sales let it go is routed
+    again, its earlier decisions and assignments kept as its history."""
     repo = RouterRepository(uow.session)
     known = await repo.routed_lead(scored.lead_id)
-    if known is not None:
+    if known is not None and not routes_again(known.state, known.cycle, scored.cycle):
         return await _rescored(repo, known, scored)
     now = utcnow()
     if goes_to_nurture(scored.grade, nurture_from):
         decision = _decision(scored, rule=f"nurture_from_grade_{nurture_from}", team_id=None)
-        repo.add(_routed(scored, state="nurture", team_id=None, rep_id=None))
-        _record_decision(repo, scored.lead_id, "nurture", decision, now)
+        _place(repo, scored, known, state="nurture", team_id=None, rep_id=None)
+        _record_decision(repo, scored, "nurture", decision, now)
         await uow.publish(
             LeadNurtureRequestedV1(
                 lead_id=scored.lead_id,
@@ -166,7 +169,7 @@ async def route_scored_lead(
         return "nurture"
     facts = lead_facts(scored)
     if scored.account_domain and await _route_to_account_owner(
-        uow, repo, scored, account_owner_full
+        uow, repo, scored, known, account_owner_full
     ):
         return "account_owner"
     team, rule = await _team_for(repo, facts)
@@ -175,16 +178,20 @@ async def route_scored_lead(
     chosen, candidates = choose_rep(loads, facts, now, respect_hours=team.respect_working_hours)
     decision = _decision(scored, rule=rule, team_id=team.id, candidates=candidates)
     if chosen is None:
-        await _queue(uow, repo, scored, team.id, decision, now)
+        await _queue(uow, repo, scored, team.id, decision, now, known=known)
         return "queued"
     rep = next(r for r in reps if r.id == chosen.rep_id)
-    repo.add(_routed(scored, state="assigned", team_id=team.id, rep_id=rep.id))
+    _place(repo, scored, known, state="assigned", team_id=team.id, rep_id=rep.id)
     await _assign(uow, repo, scored, rep, decision)
     return "assigned"
 
 
 async def _route_to_account_owner(
-    uow: UnitOfWork, repo: RouterRepository, scored: LeadScoredV1, when_full: str
+    uow: UnitOfWork,
+    repo: RouterRepository,
+    scored: LeadScoredV1,
+    known: RoutedLead | None,
+    when_full: str,
 ) -> bool:
     """Give a lead of a known account to the account's owner when they have room, or queue
     it for them (policy `queue_for_owner`). Returns whether the owner took it or waits for it;
@@ -208,17 +215,19 @@ async def _route_to_account_owner(
     decision = _decision(scored, rule="account_owner", team_id=team.id, candidates=candidates)
     if chosen is not None:
         rep = next(r for r in reps if r.id == owner.id)
-        repo.add(_routed(scored, state="assigned", team_id=team.id, rep_id=rep.id))
+        _place(repo, scored, known, state="assigned", team_id=team.id, rep_id=rep.id)
         await _assign(uow, repo, scored, rep, decision)
         return True
     if when_full != "queue_for_owner":
         return False
-    await _queue(uow, repo, scored, team.id, decision, now, reserved_for=owner.id)
+    await _queue(uow, repo, scored, team.id, decision, now, known=known, reserved_for=owner.id)
     return True
 
 
 async def _rescored(repo: RouterRepository, known: RoutedLead, scored: LeadScoredV1) -> str:
-    """A lead scored again keeps its place; a queued one moves in the backlog."""
+    """A lead scored again keeps its place; a queued one moves in the backlog. A lead still
+    with sales that re-qualified meanwhile takes on its new cycle, so whatever is announced
+    for it next (an assignment from the backlog, a reassignment) carries that cycle."""
     if known.state == "queued":
         entry = await repo.backlog_entry(known.lead_id)
         if entry is not None:
@@ -230,6 +239,9 @@ async def _rescored(repo: RouterRepository, known: RoutedLead, scored: LeadScore
         scored.score,
         scored.icp_version,
     )
+    if scored.cycle > known.cycle:
+        known.cycle = scored.cycle
+        known.scored = scored.model_dump(mode="json")
     known.updated_at = utcnow()
     return "rescored"
 
@@ -248,7 +260,7 @@ async def _assign(
     repo.add(
         Assignment(lead_id=scored.lead_id, rep_id=rep.id, team_id=rep.team_id, assigned_at=now)
     )
-    _record_decision(repo, scored.lead_id, "assigned", decision, now)
+    _record_decision(repo, scored, "assigned", decision, now)
     await uow.publish(
         LeadAssignedV1(
             lead_id=scored.lead_id,
@@ -257,6 +269,7 @@ async def _assign(
             team_id=rep.team_id,
             assigned_at=now,
             decision=decision,
+            cycle=scored.cycle,
         ),
         topic=LEAD_ROUTING.name,
         subject=scored.lead_id,
@@ -271,11 +284,12 @@ async def _queue(
     decision: RoutingDecision,
     now: datetime,
     *,
+    known: RoutedLead | None,
     reserved_for: str | None = None,
 ) -> None:
-    """Put a new lead in a team's backlog (for one rep only, when `reserved_for`), keep why,
-    and announce `lead.queued`."""
-    repo.add(_routed(scored, state="queued", team_id=team_id, rep_id=None))
+    """Put a new (or re-qualified, `known`) lead in a team's backlog (for one rep only, when
+    `reserved_for`), keep why, and announce `lead.queued`."""
+    _place(repo, scored, known, state="queued", team_id=team_id, rep_id=None)
     repo.add(
         BacklogEntry(
             lead_id=scored.lead_id,
@@ -287,24 +301,36 @@ async def _queue(
             reserved_rep_id=reserved_for,
         )
     )
-    _record_decision(repo, scored.lead_id, "queued", decision, now)
+    _record_decision(repo, scored, "queued", decision, now)
     await uow.publish(
-        LeadQueuedV1(lead_id=scored.lead_id, team_id=team_id, queued_at=now, decision=decision),
+        LeadQueuedV1(
+            lead_id=scored.lead_id,
+            team_id=team_id,
+            queued_at=now,
+            decision=decision,
+            cycle=scored.cycle,
+        ),
         topic=LEAD_ROUTING.name,
         subject=scored.lead_id,
     )
 
 
 def _record_decision(
-    repo: RouterRepository, lead_id: str, outcome: str, decision: RoutingDecision, now: datetime
+    repo: RouterRepository,
+    scored: LeadScoredV1,
+    outcome: str,
+    decision: RoutingDecision,
+    now: datetime,
 ) -> None:
-    """Keep why the router did what it did (served by GET /v1/leads/{id}/routing)."""
+    """Keep why the router did what it did, in which sales cycle of the lead (served by
+    GET /v1/leads/{id}/routing)."""
     repo.add(
         Decision(
-            lead_id=lead_id,
+            lead_id=scored.lead_id,
             outcome=outcome,
             decided_at=now,
             decision=decision.model_dump(mode="json"),
+            cycle=scored.cycle,
         )
     )
 
@@ -326,10 +352,19 @@ def _decision(
     )
 
 
-def _routed(
-    scored: LeadScoredV1, *, state: str, team_id: str | None, rep_id: str | None
-) -> RoutedLead:
-    return RoutedLead(
+def _place(
+    repo: RouterRepository,
+    scored: LeadScoredV1,
+    known: RoutedLead | None,
+    *,
+    state: str,
+    team_id: str | None,
+    rep_id: str | None,
+) -> None:
+    """Record where a lead routed by `scored` now stands: a new row for a lead seen for the
+    first time; for a lead routed again in a new cycle (`known`), its row starts over (SLA
+    misses counted afresh) while its earlier decisions and assignments stay as they are."""
+    placed = RoutedLead(
         lead_id=scored.lead_id,
         state=state,
         team_id=team_id,
@@ -341,7 +376,12 @@ def _routed(
         updated_at=utcnow(),
         scored=scored.model_dump(mode="json"),
         account_domain=scored.account_domain,
+        cycle=scored.cycle,
     )
+    if known is None:
+        repo.add(placed)
+    else:
+        known.sqlmodel_update(placed.model_dump())
 
 
 FIRST_TOUCH = frozenset({LeadStatus.CONTACTED})
@@ -664,7 +704,11 @@ async def breach_first_touch(uow: UnitOfWork, assignment_id: int, policy: SlaPol
         )
         await uow.publish(
             LeadQueuedV1(
-                lead_id=lead_id, team_id=assignment.team_id, queued_at=now, decision=decision
+                lead_id=lead_id,
+                team_id=assignment.team_id,
+                queued_at=now,
+                decision=decision,
+                cycle=scored.cycle,
             ),
             topic=LEAD_ROUTING.name,
             subject=lead_id,
@@ -691,7 +735,7 @@ async def expire_queued_lead(uow: UnitOfWork, lead_id: str, *, max_age: timedelt
         routed.state, routed.rep_id, routed.updated_at = "nurture", None, now
     hours = max_age.total_seconds() / 3600
     decision = _decision(scored, rule=f"backlog_older_than_{hours:g}h", team_id=entry.team_id)
-    _record_decision(repo, lead_id, "nurture", decision, now)
+    _record_decision(repo, scored, "nurture", decision, now)
     await uow.publish(
         LeadNurtureRequestedV1(
             lead_id=lead_id,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, status
@@ -51,6 +51,14 @@ class LeadPublic(BaseModel):
     lead_id: str
     status: str
     outcome: str | None = Field(description="How sales closed the lead, if it has.")
+    cycle: int = Field(
+        description="Which time the lead goes to sales: 1, then one more each time it "
+        "re-qualifies after nurture."
+    )
+    requalify_on: date | None = Field(
+        description="For a lead sales disqualified or recycled to nurture: from this day (UTC) "
+        "new engagement sends it back to sales; before it, engagement is only recorded."
+    )
     received_at: datetime
     profile: dict[str, Any]
     score: ScorePublic | None
@@ -119,8 +127,10 @@ _SIGNED_INTAKE: dict[int | str, dict[str, Any]] = {
 )
 async def create_lead(delivery: Signed, db: Db) -> JSONResponse:
     """Store the lead and queue it for scoring and routing; 202 once it is durable. The same
-    person sent again is merged into their lead (`status: updated`). A repeated delivery
-    (same `webhook-id` or `Idempotency-Key`) gets the same answer and changes nothing."""
+    person sent again is merged into their lead (`status: updated`); if sales has closed that
+    lead, the new engagement is only recorded, unless sales sent it to nurture and its
+    re-qualify date has come: then it goes to sales again. A repeated delivery (same
+    `webhook-id` or `Idempotency-Key`) gets the same answer and changes nothing."""
     profile = parse_body(LeadProfile, delivery.body)
 
     async def accept(uow: UnitOfWork) -> LeadAccepted:
@@ -204,6 +214,8 @@ async def get_lead(lead_id: str, db: Db) -> LeadPublic:
         lead_id=lead.id,
         status=lead.status,
         outcome=lead.outcome,
+        cycle=lead.cycle,
+        requalify_on=lead.requalify_on,
         received_at=lead.received_at,
         profile=lead.profile,
         score=history[0] if history else None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,6 +32,16 @@ class Lead(SQLModel, table=True):
         default=None, description="How sales closed the lead (won, lost, disqualified, recycled)."
     )
     scored_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    cycle: int = Field(
+        default=1,
+        description="Which time the lead goes to sales: 1, then one more each time it "
+        "re-qualifies after nurture.",
+    )
+    requalify_on: date | None = Field(
+        default=None,
+        description="When a lead sales disqualified or recycled may go back to sales, if it "
+        "shows new engagement.",
+    )
 
 
 class LeadScore(SQLModel, table=True):

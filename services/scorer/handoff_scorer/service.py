@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Literal
 
 import sqlalchemy as sa
 
@@ -15,6 +16,7 @@ from handoff_schemas import (
     LEAD_SCORED,
     IcpPublishedV1,
     LeadCreatedV1,
+    LeadNurtureRequestedV1,
     LeadProfile,
     LeadScoredV1,
     LeadStatusChangedV1,
@@ -24,6 +26,7 @@ from handoff_schemas import (
 from .identity import account_domain, merge_profiles, normalise_email
 from .models import IcpVersion, Lead, LeadScore, RescoreJob
 from .repository import ScorerRepository
+from .requalification import CLOSED_BY_SALES, should_requalify
 from .scoring import IcpDocument, score_lead
 
 
@@ -33,6 +36,10 @@ class NoIcpPublished(DomainError):
     status = 409
     type = "no-icp"
     title = "No ICP published"
+
+
+Announce = Literal["always", "grade_changed", "never"]
+"""When a scoring is announced with `lead.scored`."""
 
 
 async def accept_lead(uow: UnitOfWork, received: LeadProfile) -> tuple[Lead, bool]:
@@ -79,7 +86,11 @@ async def _lead_for(
 async def score_created_lead(uow: UnitOfWork, created: LeadCreatedV1) -> LeadScoredV1 | None:
     """Score a lead against the current ICP, record the score and its explanation, and
     announce `lead.scored`. A lead put on the topic by another producer is stored first (or
-    merged into the lead already known for its email, whose id the score then carries)."""
+    merged into the lead already known for its email, whose id the score then carries).
+
+    New engagement from a lead sales has closed is recorded (merged and scored) but not
+    announced, unless the lead was nurtured and its re-qualify date has come (UTC): then it
+    re-qualifies, and is announced as its next sales cycle to be routed again."""
     repo = ScorerRepository(uow.session)
     icp_row = await repo.current_icp()
     if icp_row is None:
@@ -92,14 +103,22 @@ async def score_created_lead(uow: UnitOfWork, created: LeadCreatedV1) -> LeadSco
     else:
         merged = merge_profiles(LeadProfile.model_validate(lead.profile), created.lead)
         lead.profile = merged.model_dump(mode="json")
-    return await _score(uow, lead, icp_row, announce="always")
+    if lead.outcome is None:
+        return await _score(uow, lead, icp_row, announce="always")
+    if should_requalify(lead.outcome, lead.requalify_on, utcnow().date()):
+        lead.cycle += 1
+        lead.outcome = None
+        lead.requalify_on = None
+        return await _score(uow, lead, icp_row, announce="always")
+    return await _score(uow, lead, icp_row, announce="never")
 
 
 async def _score(
-    uow: UnitOfWork, lead: Lead, icp_row: IcpVersion, *, announce: str
+    uow: UnitOfWork, lead: Lead, icp_row: IcpVersion, *, announce: Announce
 ) -> LeadScoredV1 | None:
-    """Score `lead` with `icp_row`, record it, and publish `lead.scored` — always, or only
-    when the grade changed (`announce="grade_changed"`, for re-scoring)."""
+    """Score `lead` with `icp_row`, record it, and publish `lead.scored` (carrying the lead's
+    sales cycle) — always, only when the grade changed (`announce="grade_changed"`, for
+    re-scoring), or never (`announce="never"`, for a lead sales has closed)."""
     profile = LeadProfile.model_validate(lead.profile)
     icp = IcpDocument.model_validate(icp_row.document)
     now = utcnow()
@@ -125,7 +144,7 @@ async def _score(
     lead.icp_version = icp_row.version
     lead.account_domain = domain
     lead.scored_at = now
-    if announce == "grade_changed" and not grade_changed:
+    if announce == "never" or (announce == "grade_changed" and not grade_changed):
         return None
     scored = LeadScoredV1(
         lead_id=lead.id,
@@ -139,12 +158,10 @@ async def _score(
         received_at=lead.received_at,
         lead=profile,
         account_domain=domain,
+        cycle=lead.cycle,
     )
     await uow.publish(scored, topic=LEAD_SCORED.name, subject=lead.id)
     return scored
-
-
-CLOSED_BY_SALES = frozenset({"won", "lost", "disqualified", "recycled"})
 
 
 async def record_outcome(uow: UnitOfWork, change: LeadStatusChangedV1) -> bool:
@@ -156,6 +173,22 @@ async def record_outcome(uow: UnitOfWork, change: LeadStatusChangedV1) -> bool:
     if lead is None:
         return False
     lead.outcome = change.to_status.value
+    # A close starts over: only the nurture request that follows it (on the same partition,
+    # so after it) may set the date on which this close ends.
+    lead.requalify_on = None
+    return True
+
+
+async def record_nurture_request(uow: UnitOfWork, request: LeadNurtureRequestedV1) -> bool:
+    """Remember until when a lead sales let go is nurtured: new engagement from then on
+    re-qualifies it. Only sales' requests count (the router's own, for low fit or lack of
+    capacity, are for marketing). Returns whether it was recorded (the lead is known)."""
+    if request.requested_by != "feedback":
+        return False
+    lead = await ScorerRepository(uow.session).get_lead(request.lead_id, for_update=True)
+    if lead is None:
+        return False
+    lead.requalify_on = request.requalify_on
     return True
 
 
