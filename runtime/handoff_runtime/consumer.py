@@ -13,6 +13,7 @@ whose effects are either absent (rolled back) or recorded (skipped): never lost,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from pydantic import BaseModel
 from sqlalchemy.dialects.postgresql import insert
@@ -31,7 +33,14 @@ from handoff_schemas.catalogue import dead_letter_topic, event_type_of
 from handoff_schemas.envelope import RawCloudEvent
 
 from .db import Database, UnitOfWork
-from .metrics import BATCH_PROCESSING, DEAD_LETTERED, EVENT_PROCESSING, EVENTS_CONSUMED
+from .metrics import (
+    BATCH_PROCESSING,
+    CONSUMER_LAG,
+    DEAD_LETTERED,
+    EVENT_PROCESSING,
+    EVENTS_CONSUMED,
+)
+from .tracing import bind_trace
 
 log = structlog.get_logger(__name__)
 
@@ -105,6 +114,7 @@ class ConsumerLoop:
             batches = await self.kafka.getmany(
                 timeout_ms=1000, max_records=self.settings.max_records
             )
+            await self._measure_lag()
             records = [r for recs in batches.values() for r in recs]
             if not records:
                 continue
@@ -120,6 +130,26 @@ class ConsumerLoop:
                 continue
             await self._commit(batches)
 
+    async def _measure_lag(self) -> None:
+        """Set the lag gauge of every assigned partition the last fetch reported on."""
+        for tp in self.kafka.assignment():
+            end = self.kafka.highwater(tp)
+            if end is None:
+                continue
+            try:
+                position = await asyncio.wait_for(self.kafka.position(tp), 1)
+            except (TimeoutError, KafkaError):
+                continue
+            CONSUMER_LAG.labels(self.settings.service, self.spec.group, tp.topic, tp.partition).set(
+                max(0, end - position)
+            )
+
+    def forget_lag(self, partitions: set[TopicPartition]) -> None:
+        """Drop the lag series of partitions this member no longer owns."""
+        for tp in partitions:
+            with contextlib.suppress(KeyError):
+                CONSUMER_LAG.remove(self.settings.service, self.spec.group, tp.topic, tp.partition)
+
     async def process_batch(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Apply a batch in one transaction: each record once, failures dead-lettered."""
         started = time.perf_counter()
@@ -130,10 +160,11 @@ class ConsumerLoop:
 
     async def _process_record(self, uow: UnitOfWork, record: ConsumerRecord[bytes, bytes]) -> None:
         started = time.perf_counter()
-        key = _event_key(record.value)
+        key, traceparent = _event_key(record.value)
         structlog.contextvars.bind_contextvars(
             event_id=key, lead_id=record.key.decode(errors="replace") if record.key else None
         )
+        bind_trace(traceparent)
         try:
             outcome = "dead_lettered"
             error: BaseException | None = None
@@ -154,11 +185,19 @@ class ConsumerLoop:
                 await self._dead_letter(uow, record, key, error, attempts)
                 outcome = "dead_lettered"
             EVENTS_CONSUMED.labels(self.settings.service, record.topic, outcome).inc()
+            log.info(
+                "event consumed",
+                group=self.spec.group,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                outcome=outcome,
+            )
             EVENT_PROCESSING.labels(self.settings.service, record.topic).observe(
                 time.perf_counter() - started
             )
         finally:
-            structlog.contextvars.unbind_contextvars("event_id", "lead_id")
+            structlog.contextvars.unbind_contextvars("event_id", "lead_id", "trace_id")
 
     async def _apply(self, uow: UnitOfWork, record: ConsumerRecord[bytes, bytes], key: str) -> str:
         if not await self._record_processed(uow, record, key, "processed"):
@@ -251,7 +290,9 @@ class _JoinListener(ConsumerRebalanceListener):
         self.loop = loop
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Nothing to flush: offsets are committed after every batch."""
+        """Nothing to flush (offsets are committed after every batch); the partitions' lag
+        is another member's to report now."""
+        self.loop.forget_lag(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         """The group has admitted this member."""
@@ -259,11 +300,13 @@ class _JoinListener(ConsumerRebalanceListener):
         log.info("consumer group joined", group=self.loop.spec.group, partitions=len(assigned))
 
 
-def _event_key(value: bytes | None) -> str:
-    """The dedupe key: the CloudEvents id when the envelope parses, else a content hash."""
+def _event_key(value: bytes | None) -> tuple[str, str | None]:
+    """The dedupe key — the CloudEvents id when the envelope parses, else a content hash —
+    and the event's traceparent, if any."""
     if value:
         try:
-            return RawCloudEvent.model_validate_json(value).id
+            raw = RawCloudEvent.model_validate_json(value)
+            return raw.id, raw.traceparent
         except ValueError:
             pass
-    return "sha256:" + hashlib.sha256(value or b"").hexdigest()
+    return "sha256:" + hashlib.sha256(value or b"").hexdigest(), None

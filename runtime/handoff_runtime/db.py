@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
 from handoff_schemas import CONTENT_TYPE, CloudEvent, encode, new_event
 
 from .tables import RuntimeTables
+from .tracing import current_traceparent
 
 
 def async_url(url: str) -> str:
@@ -58,7 +59,9 @@ class UnitOfWork:
 
     async def publish(self, data: BaseModel, *, topic: str, subject: str) -> CloudEvent[Any]:
         """Stage an event for `topic`, keyed by `subject` (the lead id)."""
-        event = new_event(data, source=self.source, subject=subject)
+        event = new_event(
+            data, source=self.source, subject=subject, traceparent=current_traceparent()
+        )
         await self.stage_record(
             topic=topic,
             key=subject,

@@ -28,19 +28,24 @@ async def respond_once(
     delivery: Delivery,
     status_code: int | Callable[[BaseModel], int],
     work: Callable[[UnitOfWork], Awaitable[BaseModel]],
+    *,
+    outcome: Callable[[BaseModel], str] = lambda _: "accepted",
 ) -> JSONResponse:
     """Run `work` in one unit of work and answer with its result (and `status_code`, or the
     status it gives for the result); a repeated delivery (same webhook-id or Idempotency-Key
     and same body) gets the first answer again and changes nothing, and the same key with
-    another body is refused (409)."""
+    another body is refused (409). `outcome` names what the answer means for the intake
+    metrics (accepted, updated, applied...)."""
     async with db.unit_of_work() as uow:
         if delivery.key is not None:
             stored = await claim(uow, delivery.key, body_hash(delivery.body))
             if stored is not None:
+                delivery.note_outcome("replayed")
                 return JSONResponse(
                     stored.body, status_code=stored.status_code, headers={REPLAYED_HEADER: "true"}
                 )
         result = await work(uow)
+        delivery.note_outcome(outcome(result))
         if callable(status_code):
             status_code = status_code(result)
         body = result.model_dump(mode="json")

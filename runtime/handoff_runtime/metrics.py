@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
+import structlog
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     Counter,
@@ -15,6 +16,10 @@ from prometheus_client import (
 )
 from starlette.requests import Request
 from starlette.responses import Response
+
+from .tracing import TRACEPARENT_HEADER, bind_trace, current_traceparent
+
+log = structlog.get_logger(__name__)
 
 # `_created` series double the exposition for no use in dashboards or alerts.
 disable_created_metrics()
@@ -61,6 +66,18 @@ REDRIVES = Counter(
     "Times the outbox was re-published because the broker had lost its log.",
     ["service"],
 )
+INTAKE_REQUESTS = Counter(
+    "handoff_intake_requests_total",
+    "Webhook deliveries (leads, status reports) by source and outcome: accepted, updated, "
+    "applied, late, duplicate, pending, replayed; or refused: invalid, unauthorized, "
+    "too_large, conflict, not_found.",
+    ["service", "source", "outcome"],
+)
+CONSUMER_LAG = Gauge(
+    "handoff_consumer_lag",
+    "Records in the partition after the consumer's position (as of its last fetch).",
+    ["service", "group", "topic", "partition"],
+)
 HTTP_REQUESTS = Counter(
     "handoff_http_requests_total",
     "HTTP requests by route template, method and status code.",
@@ -82,16 +99,21 @@ def metrics_response() -> Response:
 def http_metrics_middleware(
     service: str,
 ) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
-    """Count and time requests by route template, never by raw path (bounded labels)."""
+    """Trace, count and time requests by route template, never by raw path (bounded
+    labels); count webhook deliveries by source and outcome."""
 
     async def middleware(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         started = time.perf_counter()
         status = 500
+        structlog.contextvars.clear_contextvars()
+        bind_trace(request.headers.get(TRACEPARENT_HEADER))
         try:
             response = await call_next(request)
             status = response.status_code
+            if traceparent := current_traceparent():
+                response.headers[TRACEPARENT_HEADER] = traceparent
             return response
         finally:
             route = _route_template(request)
@@ -99,8 +121,20 @@ def http_metrics_middleware(
             HTTP_DURATION.labels(service, request.method, route).observe(
                 time.perf_counter() - started
             )
+            source = getattr(request.state, "intake_source", None)
+            if source is not None:
+                outcome = getattr(request.state, "intake_outcome", None) or _refusal(status)
+                INTAKE_REQUESTS.labels(service, source, outcome).inc()
+                log.info("delivery answered", source=source, outcome=outcome, status=status)
 
     return middleware
+
+
+def _refusal(status: int) -> str:
+    """The intake outcome of an answer the route did not name (an error)."""
+    return {401: "unauthorized", 404: "not_found", 409: "conflict", 413: "too_large"}.get(
+        status, "invalid" if 400 <= status < 500 else "error"
+    )
 
 
 def _route_template(request: Request) -> str:

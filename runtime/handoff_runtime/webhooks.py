@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -123,6 +123,13 @@ class Delivery:
     delivery_id: str | None
     idempotency_key: str | None
     body: bytes
+    request_state: Any = field(default=None, compare=False, repr=False)
+    """The request's state, where the answer's outcome is noted for the intake metrics."""
+
+    def note_outcome(self, outcome: str) -> None:
+        """Record what the delivery came to (accepted, replayed, ...) for the metrics."""
+        if self.request_state is not None:
+            self.request_state.intake_outcome = outcome
 
     @property
     def key(self) -> str | None:
@@ -140,6 +147,9 @@ async def signed_delivery(request: Request) -> Delivery:
     verify, and a 422 for a delivery or idempotency id too long to store.
     """
     settings: ServiceSettings = request.app.state.runtime.settings
+    # Counted by source in the intake metrics; an unknown name is not a label value.
+    named = request.headers.get(SOURCE_HEADER)
+    request.state.intake_source = named if named in settings.webhook_sources else "unknown"
     limit = settings.max_body_bytes
     declared = request.headers.get("content-length")
     # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
@@ -168,7 +178,11 @@ async def signed_delivery(request: Request) -> Delivery:
     _check_id_length(ID_HEADER, delivery_id)
     _check_id_length("Idempotency-Key", idempotency_key)
     return Delivery(
-        source=source_name, delivery_id=delivery_id, idempotency_key=idempotency_key, body=body
+        source=source_name,
+        delivery_id=delivery_id,
+        idempotency_key=idempotency_key,
+        body=body,
+        request_state=request.state,
     )
 
 

@@ -14,10 +14,16 @@ class InvalidEvent(ValueError):
     """A record that is not a valid catalogued event: it belongs in the dead-letter topic."""
 
 
-def new_event(data: BaseModel, *, source: str, subject: str) -> CloudEvent[Any]:
+def new_event(
+    data: BaseModel, *, source: str, subject: str, traceparent: str | None = None
+) -> CloudEvent[Any]:
     """Wrap a payload in an envelope of its catalogued type; `subject` is the lead id."""
     return CloudEvent[Any](
-        type=event_type_of(type(data)).type, source=source, subject=subject, data=data
+        type=event_type_of(type(data)).type,
+        source=source,
+        subject=subject,
+        data=data,
+        traceparent=traceparent,
     )
 
 

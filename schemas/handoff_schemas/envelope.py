@@ -33,6 +33,12 @@ class CloudEvent(BaseModel, Generic[DataT]):
     subject: str = Field(min_length=1, description="The lead id; equal to the Kafka key.")
     time: datetime = Field(default_factory=utcnow)
     datacontenttype: Literal["application/json"] = "application/json"
+    traceparent: str | None = Field(
+        default=None,
+        max_length=55,
+        description="W3C trace context of the request or event that caused this one "
+        "(CloudEvents distributed tracing extension): one lead's events share a trace id.",
+    )
     data: DataT
 
 

@@ -183,7 +183,9 @@ async def post_status(
         pending = received.disposition == service.PENDING
         return status.HTTP_202_ACCEPTED if pending else status.HTTP_200_OK
 
-    return await respond_once(db, delivery, status_code, receive)
+    return await respond_once(
+        db, delivery, status_code, receive, outcome=lambda r: getattr(r, "disposition", "")
+    )
 
 
 @router.get("/leads/{lead_id}/history", response_model=LeadHistory, tags=["lifecycle"])

@@ -1,5 +1,7 @@
-"""The router's own Prometheus gauges: capacity headroom per team and, while reps are few
-enough to keep the series bounded, per rep. Set by the capacity worker on every pass."""
+"""The router's own Prometheus metrics: what it did with each lead (counted once its
+transaction commits), how long leads waited for an owner and a first touch, first-touch SLA
+breaches; and capacity gauges per team and, while reps are few enough to keep the series
+bounded, per rep (set by the capacity worker on every pass)."""
 
 from __future__ import annotations
 
@@ -7,12 +9,63 @@ import math
 from collections.abc import Sequence
 from datetime import datetime
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge, Histogram
+
+from handoff_runtime.db import UnitOfWork
 
 from .capacity import LEVELS, TeamLoad, Thresholds
 from .models import Rep
 
+SERVICE = "router"
 TEAM_LABELS = ["service", "team", "team_id"]
+
+LEADS_ROUTED = Counter(
+    "handoff_leads_routed_total",
+    "Leads the router assigned (each assignment, drains and reassignments included), queued, "
+    "or sent to nurture (team empty), by team.",
+    [*TEAM_LABELS, "outcome"],
+)
+LEAD_LATENCY = Histogram(
+    "handoff_lead_latency_seconds",
+    "From a lead's intake to its first owner (stage assigned) and to its owner's first "
+    "touch (stage first_touch), first sales cycle.",
+    ["service", "stage"],
+    # from sub-second routing to first touches days later
+    buckets=(
+        0.1,
+        0.25,
+        0.5,
+        1,
+        2.5,
+        5,
+        10,
+        30,
+        60,
+        300,
+        900,
+        1800,
+        3600,
+        7200,
+        14400,
+        28800,
+        86400,
+        172800,
+        604800,
+    ),
+)
+SLA_BREACHES = Counter(
+    "handoff_sla_breaches_total", "First-touch deadlines missed, by team.", TEAM_LABELS
+)
+REASSIGNMENTS = Counter(
+    "handoff_lead_reassignments_total",
+    "Leads taken from an owner who missed the first touch and given to another rep, by team.",
+    TEAM_LABELS,
+)
+ESCALATIONS = Counter(
+    "handoff_escalations_total",
+    "Leads escalated to the team manager after repeated missed first touches, by team.",
+    TEAM_LABELS,
+)
 REP_LABELS = ["service", "team", "rep", "rep_id"]
 
 TEAM_CAPACITY = Gauge(
@@ -126,3 +179,14 @@ def record_capacity(
         member = (service, names.get(rep.team_id, rep.team_id), rep.name, rep.id)
         REP_WORKING.labels(*member).set(rep.working)
         REP_CAPACITY.labels(*member).set(rep.capacity)
+
+
+def count_on_commit(uow: UnitOfWork, counter: Counter, *labels: str) -> None:
+    """Count once the transaction commits (a rolled-back attempt counts nothing)."""
+    uow.after_commit.append(counter.labels(SERVICE, *labels).inc)
+
+
+def observe_on_commit(uow: UnitOfWork, stage: str, seconds: float) -> None:
+    """Observe a lead latency once the transaction commits."""
+    if seconds >= 0:
+        uow.after_commit.append(lambda: LEAD_LATENCY.labels(SERVICE, stage).observe(seconds))

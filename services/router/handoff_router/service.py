@@ -27,6 +27,14 @@ from handoff_schemas import (
     utcnow,
 )
 
+from .metrics import (
+    ESCALATIONS,
+    LEADS_ROUTED,
+    REASSIGNMENTS,
+    SLA_BREACHES,
+    count_on_commit,
+    observe_on_commit,
+)
 from .models import Assignment, BacklogEntry, Decision, Rep, RoutedLead, RoutingRule, Team
 from .repository import RouterRepository
 from .routing import (
@@ -155,6 +163,7 @@ async def route_scored_lead(
         decision = _decision(scored, rule=f"nurture_from_grade_{nurture_from}", team_id=None)
         _place(repo, scored, known, state="nurture", team_id=None, rep_id=None)
         _record_decision(repo, scored, "nurture", decision, now)
+        count_on_commit(uow, LEADS_ROUTED, "", "", "nurture")
         await uow.publish(
             LeadNurtureRequestedV1(
                 lead_id=scored.lead_id,
@@ -255,6 +264,11 @@ async def _assign(
 ) -> None:
     """Give a lead to a rep: take a slot, record the owner and why, announce it."""
     now = utcnow()
+    team = await repo.team(rep.team_id)
+    count_on_commit(uow, LEADS_ROUTED, team.name if team else "", rep.team_id, "assigned")
+    routed = await repo.routed_lead(scored.lead_id)
+    if scored.cycle == 1 and (routed is None or routed.reassignments == 0):
+        observe_on_commit(uow, "assigned", (now - scored.received_at).total_seconds())
     rep.working += 1
     rep.last_assigned_at = now
     repo.add(
@@ -302,6 +316,8 @@ async def _queue(
         )
     )
     _record_decision(repo, scored, "queued", decision, now)
+    team = await repo.team(team_id)
+    count_on_commit(uow, LEADS_ROUTED, team.name if team else "", team_id, "queued")
     await uow.publish(
         LeadQueuedV1(
             lead_id=scored.lead_id,
@@ -409,6 +425,10 @@ async def record_first_touch(uow: UnitOfWork, change: LeadStatusChangedV1) -> bo
     if change.rep_id is not None and change.rep_id != assignment.rep_id:
         return False
     assignment.first_touched_at = change.occurred_at
+    routed = await repo.routed_lead(change.lead_id)
+    if routed is not None and routed.cycle == 1:
+        waited = (change.occurred_at - routed.received_at).total_seconds()
+        observe_on_commit(uow, "first_touch", waited)
     return True
 
 
@@ -654,6 +674,9 @@ async def breach_first_touch(uow: UnitOfWork, assignment_id: int, policy: SlaPol
         rep.working = max(0, rep.working - 1)
     routed.reassignments += 1
     lead_id = assignment.lead_id
+    team = await repo.team(assignment.team_id)
+    team_labels = (team.name if team else "", assignment.team_id)
+    count_on_commit(uow, SLA_BREACHES, *team_labels)
     await uow.publish(
         LeadSlaBreachedV1(
             lead_id=lead_id,
@@ -667,8 +690,8 @@ async def breach_first_touch(uow: UnitOfWork, assignment_id: int, policy: SlaPol
         topic=LEAD_ROUTING.name,
         subject=lead_id,
     )
-    team = await repo.team(assignment.team_id)
     if team is not None and routed.reassignments >= policy.max_reassignments:
+        count_on_commit(uow, ESCALATIONS, *team_labels)
         await uow.publish(
             LeadEscalatedV1(
                 lead_id=lead_id,
@@ -698,7 +721,9 @@ async def breach_first_touch(uow: UnitOfWork, assignment_id: int, policy: SlaPol
     # The lead keeps its priority (queued as of when it came in) and goes to the best other
     # eligible rep at once; the freed slot goes to whoever is next in the backlog.
     await drain_backlog(uow, repo, assignment.team_id, avoid=(lead_id, assignment.rep_id))
-    if await repo.backlog_entry(lead_id) is not None:
+    if await repo.backlog_entry(lead_id) is None:
+        count_on_commit(uow, REASSIGNMENTS, *team_labels)
+    else:
         decision = _decision(
             scored, rule="sla_reassignment", team_id=assignment.team_id, candidates=[]
         )

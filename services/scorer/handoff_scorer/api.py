@@ -141,7 +141,9 @@ async def create_lead(delivery: Signed, db: Db) -> JSONResponse:
             received_at=lead.received_at,
         )
 
-    return await respond_once(db, delivery, status.HTTP_202_ACCEPTED, accept)
+    return await respond_once(
+        db, delivery, status.HTTP_202_ACCEPTED, accept, outcome=lambda r: getattr(r, "status", "")
+    )
 
 
 @router.post(
