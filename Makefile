@@ -7,9 +7,10 @@ TOOLS := .tools
 UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 VENV := .venv
 PY := $(VENV)/bin/python
+PROMTOOL := $(TOOLS)/prometheus/usr/bin/promtool
 PACKAGES := -e ./schemas -e ./runtime -e ./services/scorer -e ./services/router -e ./services/feedback
 
-.PHONY: install run demo test bench lint typecheck unit integration e2e schemas lock clean
+.PHONY: install run demo test bench lint typecheck unit integration e2e schemas lock clean prometheus
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
@@ -23,6 +24,12 @@ $(VENV)/.installed: requirements.lock $(wildcard */pyproject.toml services/*/pyp
 	touch $@
 
 install: $(VENV)/.installed
+
+## Prometheus and promtool (rule tests, dashboard queries), unpacked from Debian's package.
+$(PROMTOOL):
+	$(SHELL) deploy/prometheus/install.sh
+
+prometheus: $(PROMTOOL)
 
 ## Regenerate requirements.lock from the pyproject files (records no index hosts).
 lock: | $(UV)
@@ -53,13 +60,13 @@ typecheck: install
 unit: install
 	$(PY) -m pytest tests/unit -q
 
-integration: install
+integration: install $(PROMTOOL)
 	$(PY) -m pytest tests/integration -q
 
-e2e: install
+e2e: install $(PROMTOOL)
 	$(PY) -m pytest tests/e2e -q
 
-test: lint typecheck
+test: lint typecheck $(PROMTOOL)
 	$(PY) -m pytest -q
 
 clean:

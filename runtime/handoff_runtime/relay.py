@@ -105,6 +105,12 @@ class OutboxRelay:
                 OUTBOX_BACKLOG.labels(self.service).set(0)
                 OUTBOX_OLDEST_AGE.labels(self.service).set(0)
                 return 0
+            # Set before sending: if the broker is down the send raises, and the gauge must
+            # keep growing (the outbox-stuck alert watches it).
+            oldest_row = min(row.created_at for row in rows)
+            OUTBOX_OLDEST_AGE.labels(self.service).set(
+                (datetime.now(UTC) - oldest_row).total_seconds()
+            )
             acked = await self._send(rows)
             if acked:
                 await conn.execute(

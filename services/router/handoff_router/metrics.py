@@ -108,9 +108,9 @@ TEAM_RELEASE = Gauge(
     "Slots sales freed in the team per hour, over the rate window.",
     TEAM_LABELS,
 )
-TEAM_HOURS_UNTIL_SATURATION = Gauge(
-    "handoff_team_hours_until_saturation",
-    "Hours until the team has no free slot at the current rates (+Inf: not filling up).",
+TEAM_SECONDS_UNTIL_SATURATION = Gauge(
+    "handoff_team_seconds_until_saturation",
+    "Seconds until the team has no free slot at the current rates (+Inf: not filling up).",
     TEAM_LABELS,
 )
 TEAM_LEVEL = Gauge(
@@ -139,7 +139,7 @@ TEAM_GAUGES = (
     TEAM_UTILISATION,
     TEAM_INTAKE,
     TEAM_RELEASE,
-    TEAM_HOURS_UNTIL_SATURATION,
+    TEAM_SECONDS_UNTIL_SATURATION,
     TEAM_LEVEL,
 )
 REP_GAUGES = (REP_WORKING, REP_CAPACITY)
@@ -171,7 +171,7 @@ def record_capacity(
         TEAM_UTILISATION.labels(*team).set(load.utilisation)
         TEAM_INTAKE.labels(*team).set(load.intake_per_hour)
         TEAM_RELEASE.labels(*team).set(load.release_per_hour)
-        TEAM_HOURS_UNTIL_SATURATION.labels(*team).set(math.inf if hours is None else hours)
+        TEAM_SECONDS_UNTIL_SATURATION.labels(*team).set(math.inf if hours is None else hours * 3600)
         TEAM_LEVEL.labels(*team).set(LEVELS.index(load.level(thresholds)))
     if len(reps) > rep_limit:
         return
