@@ -29,14 +29,11 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -45,13 +42,13 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.infra import embedded_infra
 from support.kafka import produce
 from support.processes import running_instances
 
 from handoff_feedback.kpi_models import Stage
 from handoff_feedback.kpis import kpi_projection
 from handoff_runtime.db import Database, async_url
-from handoff_runtime.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
 from handoff_runtime.migrations import upgrade
 from handoff_schemas import (
     WORKING_STATUSES,
@@ -95,24 +92,18 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    workdir = Path(tempfile.mkdtemp(prefix="handoff-kpis-"))
-    postgres = EmbeddedPostgres(workdir / "pg", temporary=True)
-    kafka = EmbeddedKafka(port=free_port(), log_path=workdir / "tansu.log")
-    try:
-        database_url = postgres.start()
+    with embedded_infra("handoff-kpis-") as infra:
+        workdir = infra.workdir
+        database_url = infra.database_url
         env = {
             **os.environ,
             "DATABASE_URL": database_url,
-            "KAFKA_BOOTSTRAP_SERVERS": kafka.start(),
+            "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap,
         }
         with running_instances(
             "handoff_feedback", 1, env=env, port_env="HANDOFF_FEEDBACK_PORT", workdir=workdir
         ) as (feedback,):
-            yield Stack(database_url, kafka.bootstrap, feedback.base_url)
-    finally:
-        kafka.stop()
-        postgres.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+            yield Stack(database_url, infra.bootstrap, feedback.base_url)
 
 
 # --- the events ------------------------------------------------------------------------

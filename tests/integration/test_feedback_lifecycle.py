@@ -15,14 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,13 +28,13 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
+from support.infra import embedded_infra
 from support.kafka import produce, read_topic
 from support.processes import running_instances
 
 from handoff_feedback import service
 from handoff_feedback.lifecycle import TRANSITIONS, Policy, Reason, Report
 from handoff_runtime.db import Database
-from handoff_runtime.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
 from handoff_schemas import (
     LEAD_CREATED,
     LEAD_ROUTING,
@@ -68,15 +65,13 @@ class Feedback:
 
 @pytest.fixture(scope="module")
 def feedback() -> Iterator[Feedback]:
-    workdir = Path(tempfile.mkdtemp(prefix="handoff-feedback-"))
-    postgres = EmbeddedPostgres(workdir / "pg", temporary=True)
-    kafka = EmbeddedKafka(port=free_port(), log_path=workdir / "tansu.log")
-    try:
-        database_url = postgres.start()
+    with embedded_infra("handoff-feedback-") as infra:
+        workdir = infra.workdir
+        database_url = infra.database_url
         env = {
             **os.environ,
             "DATABASE_URL": database_url,
-            "KAFKA_BOOTSTRAP_SERVERS": kafka.start(),
+            "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap,
             "HANDOFF_FEEDBACK_WEBHOOK_SOURCES": json.dumps(
                 {"local": {"signed": False}, "crm": {"secrets": [CRM_SECRET]}}
             ),
@@ -84,11 +79,7 @@ def feedback() -> Iterator[Feedback]:
         with running_instances(
             "handoff_feedback", 1, env=env, port_env="HANDOFF_FEEDBACK_PORT", workdir=workdir
         ) as (instance,):
-            yield Feedback(instance.base_url, database_url, kafka.bootstrap)
-    finally:
-        kafka.stop()
-        postgres.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+            yield Feedback(instance.base_url, database_url, infra.bootstrap)
 
 
 @pytest.fixture

@@ -9,22 +9,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from support.infra import embedded_infra
 from support.kafka import produce, read_topic
 from support.processes import running_instances
 
-from handoff_runtime.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
 from handoff_schemas import (
     LEAD_ROUTING,
     LEAD_SCORED,
@@ -54,14 +51,12 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    workdir = Path(tempfile.mkdtemp(prefix="handoff-requalify-"))
-    postgres = EmbeddedPostgres(workdir / "pg", temporary=True)
-    kafka = EmbeddedKafka(port=free_port(), log_path=workdir / "tansu.log")
-    try:
+    with embedded_infra("handoff-requalify-") as infra:
+        workdir = infra.workdir
         env = {
             **os.environ,
-            "DATABASE_URL": postgres.start(),
-            "KAFKA_BOOTSTRAP_SERVERS": kafka.start(),
+            "DATABASE_URL": infra.database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap,
             "HANDOFF_SCORER_WEBHOOK_SOURCES": json.dumps({"local": {"signed": False}}),
         }
         with (
@@ -72,11 +67,7 @@ def stack() -> Iterator[Stack]:
                 "handoff_router", 1, env=env, port_env="HANDOFF_ROUTER_PORT", workdir=workdir
             ) as (router,),
         ):
-            yield Stack(kafka.bootstrap, scorer.base_url, router.base_url)
-    finally:
-        kafka.stop()
-        postgres.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+            yield Stack(infra.bootstrap, scorer.base_url, router.base_url)
 
 
 async def eventually(

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,10 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
+from support.infra import embedded_infra
 from support.kafka import read_topic
 from support.processes import running_instances
 
-from handoff_runtime.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
 from handoff_schemas import LEAD_ROUTING, decode
 from handoff_scorer.scoring import load_demo_icp
 
@@ -44,14 +42,12 @@ class Sla:
 
 @pytest.fixture(scope="module")
 def sla() -> Iterator[Sla]:
-    workdir = Path(tempfile.mkdtemp(prefix="handoff-sla-"))
-    postgres = EmbeddedPostgres(workdir / "pg", temporary=True)
-    kafka = EmbeddedKafka(port=free_port(), log_path=workdir / "tansu.log")
-    try:
+    with embedded_infra("handoff-sla-") as infra:
+        workdir = infra.workdir
         env = {
             **os.environ,
-            "DATABASE_URL": postgres.start(),
-            "KAFKA_BOOTSTRAP_SERVERS": kafka.start(),
+            "DATABASE_URL": infra.database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap,
             "HANDOFF_SCORER_WEBHOOK_SOURCES": json.dumps({"local": {"signed": False}}),
             "HANDOFF_FEEDBACK_WEBHOOK_SOURCES": json.dumps({"local": {"signed": False}}),
             "HANDOFF_ROUTER_SLA_FIRST_TOUCH_MINUTES": json.dumps({"A": SLA_SECONDS / 60}),
@@ -66,11 +62,7 @@ def sla() -> Iterator[Sla]:
                 "handoff_feedback", 1, env=env, port_env="HANDOFF_FEEDBACK_PORT", workdir=workdir
             ) as (feedback,),
         ):
-            yield Sla(env, workdir, kafka.bootstrap, scorer.base_url, feedback.base_url, [])
-    finally:
-        kafka.stop()
-        postgres.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+            yield Sla(env, workdir, infra.bootstrap, scorer.base_url, feedback.base_url, [])
 
 
 def router(sla: Sla) -> Any:

@@ -313,9 +313,19 @@ def _responses(figures: type[_Figures], example: dict[str, Any]) -> dict[int | s
 
 
 def _answer(
-    report: ReportRequest, body: ReportT, figures: type[_Figures], rows: Sequence[_Figures]
+    report: ReportRequest,
+    kind: type[ReportT],
+    group_by: str,
+    figures: type[_Figures],
+    rows: Sequence[_Figures],
 ) -> ReportT | Response:
     """The report as JSON (the model), or as a CSV attachment."""
+    body = kind(
+        group_by=group_by,
+        created_from=report.created_from,
+        created_to=report.created_to,
+        groups=list(rows),
+    )
     if not report.csv:
         return body
     group_by, name = body.group_by, body.name
@@ -345,13 +355,7 @@ async def funnel(
             group_by, report.created_from, report.created_to
         )
     groups = [FunnelFigures.model_validate({**row, **conversion_rates(row)}) for row in rows]
-    body = FunnelReport(
-        group_by=group_by,
-        created_from=report.created_from,
-        created_to=report.created_to,
-        groups=groups,
-    )
-    return _answer(report, body, FunnelFigures, groups)
+    return _answer(report, FunnelReport, group_by, FunnelFigures, groups)
 
 
 @kpi_router.get(
@@ -378,13 +382,7 @@ async def speed_to_lead(
         )
         for row in rows
     ]
-    body = SpeedReport(
-        group_by=group_by,
-        created_from=report.created_from,
-        created_to=report.created_to,
-        groups=groups,
-    )
-    return _answer(report, body, SpeedFigures, groups)
+    return _answer(report, SpeedReport, group_by, SpeedFigures, groups)
 
 
 @kpi_router.get(
@@ -408,13 +406,7 @@ async def reasons(
             group_by, report.created_from, report.created_to, [k.value for k in REASON_KINDS]
         )
     groups = [ReasonCount.model_validate(row) for row in rows]
-    body = ReasonReport(
-        group_by=group_by,
-        created_from=report.created_from,
-        created_to=report.created_to,
-        groups=groups,
-    )
-    return _answer(report, body, ReasonCount, groups)
+    return _answer(report, ReasonReport, group_by, ReasonCount, groups)
 
 
 @kpi_router.get(
@@ -438,13 +430,7 @@ async def revenue(
             group_by, report.created_from, report.created_to
         )
     groups = [RevenueFigures.model_validate(row) for row in rows]
-    body = RevenueReport(
-        group_by=group_by,
-        created_from=report.created_from,
-        created_to=report.created_to,
-        groups=groups,
-    )
-    return _answer(report, body, RevenueFigures, groups)
+    return _answer(report, RevenueReport, group_by, RevenueFigures, groups)
 
 
 def _ratio(part: int, whole: int) -> float | None:
