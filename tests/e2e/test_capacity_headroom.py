@@ -8,10 +8,8 @@ to its own team with a rule on an industry nobody else uses, and reads only its 
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from itertools import pairwise
 from typing import Any, TypeVar
 
@@ -20,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.kafka import read_topic
 from support.system import System
+from support.waiting import wait_for
 
 from handoff_schemas import CAPACITY, LEAD_ROUTING, CloudEvent, decode
 
@@ -27,16 +26,6 @@ pytestmark = pytest.mark.e2e
 
 T = TypeVar("T")
 WINDOW_HOURS = 4.0  # the router's default rate window
-
-
-async def wait_for(check: Callable[[], Awaitable[T]], timeout_s: float = 20) -> T:
-    """The first truthy result of `check`, or its last result after the timeout."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.1)
 
 
 async def routing_event(system: System, lead_id: str, event_type: str) -> CloudEvent[Any]:

@@ -3,8 +3,6 @@ publish read back from Kafka by an independent consumer."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,6 +10,7 @@ import httpx
 import pytest
 from support.kafka import read_topic
 from support.system import System
+from support.waiting import wait_for
 
 from handoff_schemas import ICP, LEAD_CREATED, LEAD_ROUTING, LEAD_STATUS, decode
 from handoff_scorer.scoring import load_demo_icp
@@ -97,15 +96,6 @@ async def team_backlog(
     """This module's team's backlog in drain order."""
     answer = await http.get(f"{system.router}/v1/backlog", params={"team_id": team["id"]})
     return list(answer.json())
-
-
-async def wait_for(check: Any, timeout_s: float = 20) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.1)
 
 
 async def test_bad_input_gets_422_naming_the_field_and_nothing_is_published(

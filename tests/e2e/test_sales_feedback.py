@@ -5,9 +5,7 @@ date its engagement is only recorded."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -18,6 +16,7 @@ from e2e.conftest import CRM_SECRET, CRM_SOURCE
 from standardwebhooks.webhooks import Webhook
 from support.kafka import read_topic
 from support.system import System
+from support.waiting import wait_for
 
 from handoff_schemas import LEAD_ROUTING, LEAD_STATUS, decode
 
@@ -54,15 +53,6 @@ async def events(
         where=lambda r: r.key == lead_id.encode() and decode(r.value).type == event_type,
     )
     return [decode(r.value) for r in records]
-
-
-async def wait_for(check: Any, timeout_s: float = 20) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.1)
 
 
 async def test_dropped_for_no_budget_the_lead_is_nurtured_frees_its_slot_and_returns_after_its_date(

@@ -15,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +30,7 @@ from standardwebhooks.webhooks import Webhook
 from support.infra import embedded_infra
 from support.kafka import produce, read_topic
 from support.processes import running_instances
+from support.waiting import wait_for
 
 from handoff_feedback import service
 from handoff_feedback.lifecycle import TRANSITIONS, Policy, Reason, Report
@@ -120,15 +120,6 @@ async def created_on_kafka(feedback: Feedback, lead_id: str) -> None:
     await publish(feedback.bootstrap, LEAD_CREATED.name, created, "/handoff/scorer")
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 20) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(0.1)
-    return False
-
-
 async def history(http: httpx.AsyncClient, feedback: Feedback, lead_id: str) -> dict[str, Any]:
     answer = await http.get(f"{feedback.url}/v1/leads/{lead_id}/history")
     return answer.json() if answer.status_code == 200 else {}
@@ -140,7 +131,7 @@ async def assigned_in_feedback(http: httpx.AsyncClient, feedback: Feedback, lead
     async def owned() -> bool:
         return (await history(http, feedback, lead_id)).get("status") == "assigned"
 
-    assert await eventually(owned), f"feedback never saw {lead_id} assigned"
+    assert await wait_for(owned), f"feedback never saw {lead_id} assigned"
 
 
 def status_url(feedback: Feedback, lead_id: str) -> str:
@@ -163,7 +154,7 @@ async def test_a_report_before_the_assignment_waits_for_it_and_is_applied_then(
     async def known() -> bool:
         return (await history(http, feedback, lead_id)).get("status") == "new"
 
-    assert await eventually(known)
+    assert await wait_for(known)
     now = datetime.now(UTC)
     # The rep was quick: contacted and (reported second, but earlier) accepted, before
     # feedback heard of the assignment.
@@ -182,7 +173,7 @@ async def test_a_report_before_the_assignment_waits_for_it_and_is_applied_then(
     async def applied() -> bool:
         return (await history(http, feedback, lead_id)).get("status") == "contacted"
 
-    assert await eventually(applied)
+    assert await wait_for(applied)
     story = await history(http, feedback, lead_id)
     assert story["pending"] == []
     # (the history is in the order things happened: the rep's steps came before feedback
