@@ -16,7 +16,7 @@ from .catalogue import (
     dead_letter_topic,
 )
 from .codec import InvalidEvent, decode, encode, new_event
-from .envelope import CONTENT_TYPE, CloudEvent, utcnow
+from .envelope import CONTENT_TYPE, CloudEvent, Instant, in_utc_range, utcnow
 from .events import (
     WORKING_STATUSES,
     Activity,
@@ -62,6 +62,7 @@ __all__ = [
     "EventType",
     "FitGrade",
     "IcpPublishedV1",
+    "Instant",
     "InvalidEvent",
     "LeadAssignedV1",
     "LeadCreatedV1",
@@ -79,6 +80,7 @@ __all__ = [
     "dead_letter_topic",
     "decode",
     "encode",
+    "in_utc_range",
     "new_event",
     "utcnow",
 ]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 DataT = TypeVar("DataT", bound=BaseModel)
 
@@ -16,6 +16,20 @@ CONTENT_TYPE = "application/cloudevents+json"
 def utcnow() -> datetime:
     """The current time, timezone-aware in UTC (the only clock events use)."""
     return datetime.now(UTC)
+
+
+def in_utc_range(value: datetime) -> datetime:
+    """Refuse a time that cannot be expressed in UTC (0001-01-01 at +14:00 is in year 0),
+    so that no comparison or subtraction later overflows."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is out of range once converted to UTC") from None
+    return value
+
+
+Instant = Annotated[AwareDatetime, AfterValidator(in_utc_range)]
+"""A time with a time zone (offset) that is representable in UTC."""
 
 
 class CloudEvent(BaseModel, Generic[DataT]):
@@ -49,5 +63,5 @@ class RawCloudEvent(CloudEvent[Any]):
     is invalid, since the id is what consumers deduplicate by."""
 
     id: str = Field(min_length=1)
-    time: AwareDatetime
+    time: Instant
     data: dict[str, Any]

@@ -6,7 +6,9 @@ from datetime import date
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
+
+from .envelope import Instant
 
 
 class _Payload(BaseModel):
@@ -44,7 +46,7 @@ class Activity(_Payload):
     """One engagement signal from marketing automation (form fill, webinar, pricing visit...)."""
 
     type: str = Field(min_length=1, max_length=64, examples=["webinar_attended"])
-    occurred_at: AwareDatetime
+    occurred_at: Instant
 
 
 class LeadProfile(_Payload):
@@ -83,7 +85,7 @@ class LeadCreatedV1(_Payload):
     """A lead entered Handoff (webhook intake or a producer writing to the topic)."""
 
     lead_id: str = Field(min_length=1, max_length=64)
-    received_at: AwareDatetime
+    received_at: Instant
     lead: LeadProfile
 
 
@@ -106,8 +108,8 @@ class LeadScoredV1(_Payload):
     engagement_level: int = Field(ge=1, le=4, description="1 = hot ... 4 = cold.")
     contributions: list[Contribution]
     disqualifiers: list[str] = Field(default_factory=list)
-    scored_at: AwareDatetime
-    received_at: AwareDatetime
+    scored_at: Instant
+    received_at: Instant
     lead: LeadProfile
     account_domain: str | None = Field(
         default=None,
@@ -151,7 +153,7 @@ class LeadAssignedV1(_Payload):
     rep_id: str
     rep_name: str
     team_id: str
-    assigned_at: AwareDatetime
+    assigned_at: Instant
     decision: RoutingDecision
     cycle: int = Field(default=1, ge=1, description="The lead's sales cycle (see lead.scored).")
 
@@ -161,7 +163,7 @@ class LeadQueuedV1(_Payload):
 
     lead_id: str = Field(min_length=1, max_length=64)
     team_id: str
-    queued_at: AwareDatetime
+    queued_at: Instant
     decision: RoutingDecision
     cycle: int = Field(default=1, ge=1, description="The lead's sales cycle (see lead.scored).")
 
@@ -173,9 +175,9 @@ class LeadSlaBreachedV1(_Payload):
     lead_id: str = Field(min_length=1, max_length=64)
     rep_id: str
     team_id: str
-    assigned_at: AwareDatetime
-    due_at: AwareDatetime
-    breached_at: AwareDatetime
+    assigned_at: Instant
+    due_at: Instant
+    breached_at: Instant
     reassignments: int = Field(ge=0, description="Times this lead has been taken away so far.")
 
 
@@ -188,7 +190,7 @@ class LeadEscalatedV1(_Payload):
     manager_email: str | None
     reassignments: int = Field(ge=0)
     reason: str
-    escalated_at: AwareDatetime
+    escalated_at: Instant
 
 
 class NurtureReason(StrEnum):
@@ -211,7 +213,7 @@ class LeadNurtureRequestedV1(_Payload):
     reason: NurtureReason
     requalify_on: date | None = None
     note: str | None = None
-    requested_at: AwareDatetime
+    requested_at: Instant
     requested_by: Literal["router", "feedback"]
 
 
@@ -225,7 +227,7 @@ class LeadStatusChangedV1(_Payload):
     reason: str | None = None
     note: str | None = None
     actor: str | None = None
-    occurred_at: AwareDatetime
+    occurred_at: Instant
     working: bool = Field(description="Whether the lead still occupies its owner's capacity.")
     amount: float | None = Field(
         default=None,
@@ -241,7 +243,7 @@ class IcpPublishedV1(_Payload):
 
     version: int = Field(ge=1)
     name: str
-    published_at: AwareDatetime
+    published_at: Instant
     grades: dict[str, float] = Field(description="Fit score thresholds of grades A, B and C.")
 
 
@@ -278,4 +280,4 @@ class CapacityChangedV1(_Payload):
         description="Hours until no slot is free at the current intake and release rates; "
         "0 when already full, null when the team is not filling up.",
     )
-    at: AwareDatetime = Field(description="When the new level was observed.")
+    at: Instant = Field(description="When the new level was observed.")

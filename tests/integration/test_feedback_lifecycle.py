@@ -262,6 +262,7 @@ async def test_bad_reports_are_refused_naming_the_field_and_moves_backwards_list
         ({"status": "promoted"}, "body.status"),
         ({"status": "won", "amount": -5}, "body.amount"),
         ({"status": "accepted", "occurred_at": "2025-01-01T10:00:00"}, "body.occurred_at"),
+        ({"status": "accepted", "occurred_at": "0001-01-01T00:00:00+14:00"}, "body.occurred_at"),
     ):
         answer = await http.post(url, json=body)
         assert answer.status_code == 422, (body, answer.text)

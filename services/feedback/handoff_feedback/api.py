@@ -8,14 +8,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, status
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from handoff_runtime.db import Database, UnitOfWork
 from handoff_runtime.intake import json_body, respond_once
 from handoff_runtime.problems import NotFound
 from handoff_runtime.service import database, runtime_of
 from handoff_runtime.webhooks import Delivery, parse_body, signed_delivery
-from handoff_schemas import LeadStatus, utcnow
+from handoff_schemas import Instant, LeadStatus, utcnow
 
 from . import service
 from .lifecycle import Policy, Reason, Report
@@ -63,7 +63,7 @@ class StatusChange(BaseModel):
         default=None, ge=0, le=1e12, description="The amount won (only with status won)."
     )
     actor: str | None = Field(default=None, max_length=200, description="Who made the change.")
-    occurred_at: AwareDatetime | None = Field(
+    occurred_at: Instant | None = Field(
         default=None,
         description="When it happened in the CRM (default: now). Decides which of two "
         "reports is the later one; a report older than the lead's status never moves it back.",

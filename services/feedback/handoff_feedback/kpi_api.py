@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from handoff_runtime.db import Database
 from handoff_runtime.service import database
+from handoff_schemas import in_utc_range
 
 from .kpi_queries import KpiRepository
 from .kpis import REASON_KINDS, conversion_rates
@@ -27,10 +28,10 @@ CSV_TYPE = "text/csv"
 
 
 def _utc_unless_zoned(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return in_utc_range(value if value.tzinfo is not None else value.replace(tzinfo=UTC))
 
 
-Instant = Annotated[datetime, AfterValidator(_utc_unless_zoned)]
+Moment = Annotated[datetime, AfterValidator(_utc_unless_zoned)]
 """An ISO date (midnight UTC) or date-time (UTC unless it has an offset)."""
 
 FunnelGrouping = Literal["campaign", "source", "fit_grade", "team", "rep", "none"]
@@ -55,7 +56,7 @@ class ReportRequest:
 def report_request(
     request: Request,
     created_from: Annotated[
-        Instant | None,
+        Moment | None,
         Query(
             alias="from",
             description="Leads created at or after this ISO date or date-time (UTC unless zoned).",
@@ -63,7 +64,7 @@ def report_request(
         ),
     ] = None,
     created_to: Annotated[
-        Instant | None,
+        Moment | None,
         Query(
             alias="to",
             description="Leads created before this ISO date or date-time (exclusive).",

@@ -9,7 +9,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fastapi import APIRouter, Depends, Request, status
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     EmailStr,
@@ -20,7 +19,7 @@ from pydantic import (
 from handoff_runtime.db import Database
 from handoff_runtime.problems import NotFound
 from handoff_runtime.service import database, runtime_of
-from handoff_schemas import CapacityLevel, FitGrade, utcnow
+from handoff_schemas import CapacityLevel, FitGrade, Instant, utcnow
 
 from . import service
 from .models import Rep
@@ -129,8 +128,8 @@ class OutOfOffice(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    start: AwareDatetime
-    end: AwareDatetime
+    start: Instant
+    end: Instant
 
     @model_validator(mode="after")
     def _start_before_end(self) -> OutOfOffice:

@@ -15,7 +15,7 @@ from starlette.requests import Request
 
 from handoff_feedback.kpi_api import (
     FunnelFigures,
-    Instant,
+    Moment,
     ReasonCount,
     RevenueFigures,
     render_csv,
@@ -43,7 +43,7 @@ def request(accept: str | None = None) -> Request:
 def test_a_range_bound_is_a_date_at_midnight_utc_or_a_date_time_utc_unless_zoned(
     given: str, instant: datetime
 ) -> None:
-    parsed = TypeAdapter(Instant).validate_python(given)
+    parsed = TypeAdapter(Moment).validate_python(given)
     assert parsed == instant
     assert parsed.utcoffset() == instant.utcoffset()
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from jsonschema import Draft202012Validator
+from pydantic import ValidationError
 
 from handoff_schemas import (
     DEAD_LETTER_TOPICS,
@@ -18,6 +19,7 @@ from handoff_schemas import (
     TOPICS,
     InvalidEvent,
     LeadCreatedV1,
+    LeadProfile,
     Topic,
     decode,
     encode,
@@ -247,3 +249,19 @@ def test_decode_rejects_invalid_data_of_a_known_type() -> None:
     with pytest.raises(InvalidEvent, match=r"invalid handoff\.lead\.created\.v1 data") as caught:
         decode(json.dumps(example).encode())
     assert "lead.email" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "moment",
+    ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+00:01"],
+)
+def test_a_time_that_does_not_exist_in_utc_is_invalid_not_a_crash(moment: str) -> None:
+    activity = {"type": "webinar_attended", "occurred_at": moment}
+    with pytest.raises(ValidationError, match="out of range once converted to UTC"):
+        LeadProfile.model_validate({"email": "a@example.com", "activities": [activity]})
+
+
+def test_the_extremes_that_do_exist_in_utc_are_valid() -> None:
+    for moment in ("0001-01-01T00:00:00-01:00", "9999-12-31T23:59:59+01:00"):
+        activity = {"type": "webinar_attended", "occurred_at": moment}
+        LeadProfile.model_validate({"email": "a@example.com", "activities": [activity]})
