@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from pydantic import BaseModel
 from sqlalchemy.dialects.postgresql import insert
@@ -114,7 +113,7 @@ class ConsumerLoop:
             batches = await self.kafka.getmany(
                 timeout_ms=1000, max_records=self.settings.max_records
             )
-            await self._measure_lag()
+            self._measure_lag(batches)
             records = [r for recs in batches.values() for r in recs]
             if not records:
                 continue
@@ -130,18 +129,15 @@ class ConsumerLoop:
                 continue
             await self._commit(batches)
 
-    async def _measure_lag(self) -> None:
-        """Set the lag gauge of every assigned partition the last fetch reported on."""
-        for tp in self.kafka.assignment():
+    def _measure_lag(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        """Set the lag gauge of each partition in this fetch: records after its last one.
+        Nothing here awaits, so a cancelled loop never swallows its cancellation."""
+        for tp, records in batches.items():
             end = self.kafka.highwater(tp)
-            if end is None:
-                continue
-            try:
-                position = await asyncio.wait_for(self.kafka.position(tp), 1)
-            except (TimeoutError, KafkaError):
+            if end is None or not records:
                 continue
             CONSUMER_LAG.labels(self.settings.service, self.spec.group, tp.topic, tp.partition).set(
-                max(0, end - position)
+                max(0, end - (records[-1].offset + 1))
             )
 
     def forget_lag(self, partitions: set[TopicPartition]) -> None:

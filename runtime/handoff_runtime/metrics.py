@@ -75,7 +75,7 @@ INTAKE_REQUESTS = Counter(
 )
 CONSUMER_LAG = Gauge(
     "handoff_consumer_lag",
-    "Records in the partition after the consumer's position (as of its last fetch).",
+    "Records in the partition after the last one the consumer fetched (set per batch).",
     ["service", "group", "topic", "partition"],
 )
 HTTP_REQUESTS = Counter(

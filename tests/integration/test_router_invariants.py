@@ -56,7 +56,14 @@ from support.infra import Infra
 from handoff_router import service
 from handoff_runtime.db import Database, UnitOfWork, async_url
 from handoff_runtime.migrations import upgrade
-from handoff_schemas import FitGrade, LeadProfile, LeadScoredV1, LeadStatus, LeadStatusChangedV1
+from handoff_schemas import (
+    FitGrade,
+    LeadProfile,
+    LeadScoredV1,
+    LeadStatus,
+    LeadStatusChangedV1,
+    decode,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -602,3 +609,94 @@ def test_the_backlog_drains_best_grade_then_highest_score_then_oldest(
         assert m.after.owners(leads["b50_later"]) == [second_rep]
         assert m.after.backlog == []
         m.teardown()
+
+
+def test_a_lead_that_requalifies_before_its_release_arrives_is_routed_again_on_release(
+    router_database: str,
+) -> None:
+    """The re-qualified lead's `lead.scored` (cycle 2) and sales' release of cycle 1 travel on
+    different topics, so the router may read them in either order. Read the scored event
+    first: the lead stays with its owner until the release, which then routes it again; a
+    late report from cycle 1 afterwards neither frees nor touches the cycle-2 assignment."""
+
+    async def scenario() -> None:
+        db = Database(router_database, schema="router", source="/handoff/router", pool_size=2)
+        routing = service.RoutingPolicy(nurture_from=FitGrade.D)
+        try:
+            async with db.unit_of_work() as uow:
+                team = await service.create_team(uow, f"Cycles {uuid.uuid4().hex[:6]}")
+            async with db.unit_of_work() as uow:
+                rep = await service.create_rep(
+                    uow, team_id=team.id, name="Cy", email="cy@acme.io", capacity=3, weight=1.0
+                )
+            rules = [{"name": "cycles", "team_id": team.id, "conditions": {}}]
+            async with db.unit_of_work() as uow:
+                await service.replace_rules(uow, rules)
+            lead_id = f"lead_{uuid.uuid4().hex}"
+            first = scored_event(lead_id, FitGrade.A, 90)
+            again = first.model_copy(update={"cycle": 2})
+
+            async def outcome(scored: LeadScoredV1) -> str:
+                async with db.unit_of_work() as uow:
+                    return await service.route_scored_lead(uow, scored, nurture_from=FitGrade.D)
+
+            async def report(status: LeadStatus, cycle: int, *, working: bool) -> None:
+                change = LeadStatusChangedV1(
+                    lead_id=lead_id,
+                    from_status=LeadStatus.CONTACTED,
+                    to_status=status,
+                    rep_id=rep.id,
+                    reason=None if working else "no_budget",
+                    occurred_at=NOW,
+                    working=working,
+                    cycle=cycle,
+                )
+                async with db.unit_of_work() as uow:
+                    await service.lead_status_changed(uow, change, routing)
+
+            async def owners() -> list[tuple[int, bool, Any]]:
+                async with db.engine.connect() as conn:
+                    rows = await conn.execute(
+                        sa.text(
+                            "SELECT cycle, active, first_touched_at FROM router.assignments "
+                            "WHERE lead_id = :id ORDER BY id"
+                        ),
+                        {"id": lead_id},
+                    )
+                    return [(r.cycle, r.active, r.first_touched_at) for r in rows]
+
+            assert await outcome(first) == "assigned"
+            assert await outcome(again) == "rescored"  # still with its cycle-1 owner
+            assert await owners() == [(1, True, None)]
+
+            await report(LeadStatus.DISQUALIFIED, 1, working=False)
+            assert await owners() == [(1, False, None), (2, True, None)]
+
+            await report(LeadStatus.LOST, 1, working=False)  # late, from cycle 1
+            await report(LeadStatus.CONTACTED, 1, working=True)
+            assert await owners() == [(1, False, None), (2, True, None)]
+            await report(LeadStatus.CONTACTED, 2, working=True)
+            assert [(c, a, t is not None) for c, a, t in await owners()] == [
+                (1, False, False),
+                (2, True, True),
+            ]
+            async with db.engine.connect() as conn:
+                values = (
+                    await conn.execute(
+                        sa.text(
+                            "SELECT value FROM router.outbox WHERE key = :id "
+                            "AND headers->>'ce_type' = 'handoff.lead.assigned.v1' ORDER BY id"
+                        ),
+                        {"id": lead_id},
+                    )
+                ).scalars()
+                cycles = [decode(v).data.cycle for v in values]
+            assert cycles == [1, 2]
+        finally:
+            await db.dispose()
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()

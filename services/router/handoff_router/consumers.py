@@ -15,6 +15,9 @@ from .settings import RouterSettings
 def routing_consumer(settings: RouterSettings) -> Consumer:
     """The router's consumer group, its handlers bound to this process's settings."""
     consumer = Consumer(group="router")
+    routing = service.RoutingPolicy(
+        nurture_from=settings.nurture_from_grade, account_owner_full=settings.account_owner_full
+    )
 
     @consumer.handles(LeadScoredV1)
     async def route_lead(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
@@ -27,7 +30,7 @@ def routing_consumer(settings: RouterSettings) -> Consumer:
 
     @consumer.handles(LeadStatusChangedV1)
     async def follow_status(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
-        await service.lead_status_changed(uow, event.data)
+        await service.lead_status_changed(uow, event.data, routing)
 
     # nurture requests also travel on lead.status; the router has nothing to do with them
     consumer.subscribe_to(LEAD_SCORED.name, LEAD_STATUS.name)

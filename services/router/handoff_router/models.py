@@ -79,6 +79,7 @@ class Assignment(SQLModel, table=True):
     team_id: str
     active: bool = True
     assigned_at: datetime = Field(sa_type=TS)
+    cycle: int = Field(default=1, description="The lead's sales cycle this ownership is in.")
     released_at: datetime | None = Field(default=None, sa_type=TS)
     release_reason: str | None = None
     first_touched_at: datetime | None = Field(default=None, sa_type=TS)

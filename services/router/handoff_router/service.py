@@ -249,8 +249,11 @@ async def _rescored(repo: RouterRepository, known: RoutedLead, scored: LeadScore
         scored.icp_version,
     )
     if scored.cycle > known.cycle:
-        known.cycle = scored.cycle
         known.scored = scored.model_dump(mode="json")
+        # An assigned lead stays in its cycle until sales' release arrives (it may come
+        # after the re-qualification, on another topic); the release routes it again.
+        if known.state != "assigned":
+            known.cycle = scored.cycle
     known.updated_at = utcnow()
     return "rescored"
 
@@ -267,12 +270,20 @@ async def _assign(
     team = await repo.team(rep.team_id)
     count_on_commit(uow, LEADS_ROUTED, team.name if team else "", rep.team_id, "assigned")
     routed = await repo.routed_lead(scored.lead_id)
+    if routed is not None and scored.cycle > routed.cycle:
+        routed.cycle = scored.cycle
     if scored.cycle == 1 and (routed is None or routed.reassignments == 0):
         observe_on_commit(uow, "assigned", (now - scored.received_at).total_seconds())
     rep.working += 1
     rep.last_assigned_at = now
     repo.add(
-        Assignment(lead_id=scored.lead_id, rep_id=rep.id, team_id=rep.team_id, assigned_at=now)
+        Assignment(
+            lead_id=scored.lead_id,
+            rep_id=rep.id,
+            team_id=rep.team_id,
+            assigned_at=now,
+            cycle=scored.cycle,
+        )
     )
     _record_decision(repo, scored, "assigned", decision, now)
     await uow.publish(
@@ -404,13 +415,23 @@ FIRST_TOUCH = frozenset({LeadStatus.CONTACTED})
 """Statuses that count as the rep's first touch of a lead (stopping its SLA timer)."""
 
 
-async def lead_status_changed(uow: UnitOfWork, change: LeadStatusChangedV1) -> None:
+@dataclass(frozen=True)
+class RoutingPolicy:
+    """How scored leads are routed (from the router's settings)."""
+
+    nurture_from: FitGrade | None
+    account_owner_full: str = "route_normally"
+
+
+async def lead_status_changed(
+    uow: UnitOfWork, change: LeadStatusChangedV1, routing: RoutingPolicy | None = None
+) -> None:
     """Sales moved a lead: a first touch stops its SLA timer; leaving the working statuses
-    frees the owner's slot."""
+    frees the owner's slot (and routes the lead again if it re-qualified meanwhile)."""
     if change.working:
         await record_first_touch(uow, change)
     else:
-        await release_lead(uow, change)
+        await release_lead(uow, change, routing)
 
 
 async def record_first_touch(uow: UnitOfWork, change: LeadStatusChangedV1) -> bool:
@@ -422,6 +443,8 @@ async def record_first_touch(uow: UnitOfWork, change: LeadStatusChangedV1) -> bo
     assignment = await repo.active_assignment(change.lead_id, for_update=True)
     if assignment is None or assignment.first_touched_at is not None:
         return False
+    if change.cycle != assignment.cycle:
+        return False
     if change.rep_id is not None and change.rep_id != assignment.rep_id:
         return False
     assignment.first_touched_at = change.occurred_at
@@ -432,9 +455,13 @@ async def record_first_touch(uow: UnitOfWork, change: LeadStatusChangedV1) -> bo
     return True
 
 
-async def release_lead(uow: UnitOfWork, change: LeadStatusChangedV1) -> bool:
+async def release_lead(
+    uow: UnitOfWork, change: LeadStatusChangedV1, routing: RoutingPolicy | None = None
+) -> bool:
     """When sales stops working a lead, free its owner's slot and give it to the best queued
-    lead at once. Returns whether a slot was freed (a repeat of the release frees nothing)."""
+    lead at once. Returns whether a slot was freed (a repeat of the release frees nothing,
+    nor does a release from an earlier sales cycle than the owner's). If the lead
+    re-qualified while it was still assigned, it is routed again now (with `routing`)."""
     if change.working:
         return False
     repo = RouterRepository(uow.session)
@@ -443,7 +470,7 @@ async def release_lead(uow: UnitOfWork, change: LeadStatusChangedV1) -> bool:
         return False
     await repo.lock_team(assignment.team_id)
     assignment = await repo.active_assignment(change.lead_id, for_update=True)
-    if assignment is None:
+    if assignment is None or change.cycle < assignment.cycle:
         return False
     now = utcnow()
     assignment.active = False
@@ -458,6 +485,14 @@ async def release_lead(uow: UnitOfWork, change: LeadStatusChangedV1) -> bool:
         routed.updated_at = now
     await repo.flush()
     await drain_backlog(uow, repo, assignment.team_id)
+    pending = LeadScoredV1.model_validate(routed.scored) if routed and routed.scored else None
+    if routing is not None and pending is not None and pending.cycle > assignment.cycle:
+        await route_scored_lead(
+            uow,
+            pending,
+            nurture_from=routing.nurture_from,
+            account_owner_full=routing.account_owner_full,
+        )
     return True
 
 
