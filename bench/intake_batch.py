@@ -81,7 +81,7 @@ async def follow(
 
 async def measure(system: Stack, bootstrap: str, count: int) -> dict[str, Any]:
     scorer, router = system.url("scorer"), system.url("router")
-    headers = {"webhook-source": "local"}
+    headers = {"webhook-source": "local", "authorization": f"Bearer {system.admin_token}"}
     async with httpx.AsyncClient(timeout=120, headers=headers) as http:
         assert (
             await http.post(f"{scorer}/v1/icp", json=load_demo_icp().model_dump(mode="json"))

@@ -31,6 +31,7 @@ from handoff_schemas import CloudEvent, InvalidEvent, decode
 from handoff_schemas.catalogue import dead_letter_topic, event_type_of
 from handoff_schemas.envelope import RawCloudEvent
 
+from . import crashpoints
 from .db import Database, UnitOfWork
 from .metrics import (
     BATCH_PROCESSING,
@@ -98,6 +99,8 @@ class ConsumerLoop:
         kafka: AIOKafkaConsumer,
         db: Database,
         settings: ConsumerSettings,
+        *,
+        from_beginning: bool = False,
     ) -> None:
         self.spec = consumer
         self.kafka = kafka
@@ -105,6 +108,13 @@ class ConsumerLoop:
         self.settings = settings
         self.dlq_topic = dead_letter_topic(settings.service).name
         self.joined = False
+        self._measured: set[TopicPartition] = set()
+        # After the broker lost its log, committed offsets on the new one cannot be trusted
+        # (a member that had not noticed yet may have committed positions carried over from
+        # the old log, past records it never read), so each partition is read from its start
+        # the first time this member owns it; the processed-events marks skip the repeats.
+        self.from_beginning = from_beginning
+        self._rewound: set[TopicPartition] = set()
 
     async def run(self) -> None:
         """Consume until cancelled. A failed batch is rolled back and consumed again."""
@@ -127,6 +137,7 @@ class ConsumerLoop:
                     self.kafka.seek(tp, recs[0].offset)
                 await asyncio.sleep(self.settings.retry_backoff_s * 4)
                 continue
+            crashpoints.reached("after_process")
             await self._commit(batches)
 
     def _measure_lag(self, batches: dict[TopicPartition, list[Any]]) -> None:
@@ -139,18 +150,27 @@ class ConsumerLoop:
             CONSUMER_LAG.labels(self.settings.service, self.spec.group, tp.topic, tp.partition).set(
                 max(0, end - (records[-1].offset + 1))
             )
+            self._measured.add(tp)
+
+    def forget_all_lag(self) -> None:
+        """Drop the lag series of every partition this member owned (it is leaving)."""
+        self.forget_lag(set(self._measured))
 
     def forget_lag(self, partitions: set[TopicPartition]) -> None:
         """Drop the lag series of partitions this member no longer owns."""
         for tp in partitions:
+            self._measured.discard(tp)
             with contextlib.suppress(KeyError):
                 CONSUMER_LAG.remove(self.settings.service, self.spec.group, tp.topic, tp.partition)
 
     async def process_batch(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Apply a batch in one transaction: each record once, failures dead-lettered."""
         started = time.perf_counter()
+        halfway = len(records) // 2
         async with self.db.unit_of_work() as uow:
-            for record in records:
+            for index, record in enumerate(records):
+                if index == halfway and index > 0:
+                    crashpoints.reached("mid_batch")
                 await self._process_record(uow, record)
         BATCH_PROCESSING.labels(self.settings.service).observe(time.perf_counter() - started)
 
@@ -292,6 +312,13 @@ class _JoinListener(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         """The group has admitted this member."""
+        if self.loop.from_beginning and (new := assigned - self.loop._rewound):
+            # Offset 0, not seek_to_beginning(): the embedded broker's offset listing is
+            # unreliable (see DESIGN.md), and on a broker that deleted old records offset 0
+            # is out of range and resets to the earliest, which is the same place.
+            for tp in new:
+                self.loop.kafka.seek(tp, 0)
+            self.loop._rewound |= new
         self.loop.joined = True
         log.info("consumer group joined", group=self.loop.spec.group, partitions=len(assigned))
 

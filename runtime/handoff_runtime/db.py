@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import (
 
 from handoff_schemas import CONTENT_TYPE, CloudEvent, encode, new_event
 
+from . import crashpoints
 from .tables import RuntimeTables
 from .tracing import current_traceparent
 
@@ -110,6 +111,7 @@ class Database:
             uow = UnitOfWork(session=session, tables=self.tables, source=self.source)
             yield uow
         if uow.staged:
+            crashpoints.reached("after_db_commit")
             for listener in self._committed_listeners:
                 listener()
         for callback in uow.after_commit:

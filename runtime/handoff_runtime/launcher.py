@@ -14,6 +14,10 @@ Data lives under `.data/` at the repository root (the current directory): `.data
 database across runs, `.data/logs/` holds one JSON log per service and the broker's log. The
 terminal shows only a one-line summary of each WARNING/ERROR record.
 
+The admin APIs take a bearer token. Unless `HANDOFF_ADMIN_TOKEN` is set, the first run makes a
+random one and keeps it in `.data/admin-token` (readable by the owner only), so it stays the
+same across runs; the services get it in their environment and the demo data is seeded with it.
+
 Ctrl-C (or SIGTERM) stops everything in order: the scorer first (intake stops), then the router
 and feedback together (consumers drain in-flight work), then the broker, then PostgreSQL.
 """
@@ -27,6 +31,7 @@ import importlib.resources
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -57,6 +62,8 @@ STOP_TIMEOUT_S = 25.0
 MIGRATE_TIMEOUT_S = 120.0
 TAIL_LINES = 25
 
+ADMIN_TOKEN_ENV = "HANDOFF_ADMIN_TOKEN"
+ADMIN_TOKEN_FILE = "admin-token"
 WEBHOOK_SOURCES_ENV = "HANDOFF_SCORER_WEBHOOK_SOURCES"
 STATUS_SOURCES_ENV = "HANDOFF_FEEDBACK_WEBHOOK_SOURCES"
 LOCAL_SOURCE = "local"
@@ -179,6 +186,28 @@ def summarize_log_line(line: str, *, all_levels: bool = False) -> tuple[str, str
 def _short(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= 80 else text[:79] + "…"
+
+
+def admin_tokens_of(value: str | None) -> list[str]:
+    """The tokens of a `HANDOFF_ADMIN_TOKEN` value (comma-separated; blanks are none)."""
+    return [token.strip() for token in (value or "").split(",") if token.strip()]
+
+
+def kept_admin_token(path: Path) -> str:
+    """The admin token kept in `path`; a new random one, written there readable by the owner
+    only, when the file is missing or empty."""
+    with contextlib.suppress(FileNotFoundError):
+        kept = path.read_text().strip()
+        if kept:
+            return kept
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(token + "\n")
+    # The mode given to os.open applies only to a file it creates (and after the umask).
+    path.chmod(0o600)
+    return token
 
 
 def redact_dsn(url: str) -> str:
@@ -334,6 +363,11 @@ class Stack:
         self.embedded_postgres = self.database_url is None
         self.embedded_kafka = self.bootstrap is None
         self.kafka_port = self._port(KAFKA_PORT_ENV, DEFAULT_KAFKA_PORT)
+        self.admin_token_file = self.data_dir / ADMIN_TOKEN_FILE
+        configured = admin_tokens_of(self.env.get(ADMIN_TOKEN_ENV))
+        self.admin_token_from_env = bool(configured)
+        # Several tokens are configured while one is rotated; any of them seeds the demo data.
+        self.admin_token: str | None = configured[0] if configured else None
         self.processes: dict[str, ServiceProcess] = {}
         self.started_at = time.monotonic()
         self.ready_after_s: float | None = None
@@ -369,6 +403,8 @@ class Stack:
         """Start everything and wait until every service answers /readyz with 200."""
         self.started_at = time.monotonic()
         self._preflight()
+        if self.admin_token is None:
+            self.admin_token = kept_admin_token(self.admin_token_file)
         self._start_database()
         self._checkpoint()
         self._start_broker()
@@ -461,6 +497,9 @@ class Stack:
         }
         for spec in self.specs:
             env[spec.port_env] = str(self.ports[spec.name])
+        if not self.admin_token_from_env:
+            assert self.admin_token is not None
+            env[ADMIN_TOKEN_ENV] = self.admin_token
         # Locally, one unsigned webhook source, so curl and `make demo` work out of the box;
         # set the variable to require signatures (see README, "Signed webhooks").
         for variable in (WEBHOOK_SOURCES_ENV, STATUS_SOURCES_ENV):
@@ -574,7 +613,8 @@ class Stack:
         Returns what was seeded (empty when the data was already there)."""
         seeded: list[str] = []
         router, scorer = self.url("router"), self.url("scorer")
-        with httpx.Client(timeout=10.0) as client:
+        admin = {"authorization": f"Bearer {self.admin_token}"}
+        with httpx.Client(timeout=10.0, headers=admin) as client:
             teams = _json(client.get(f"{router}/v1/teams"), "GET router /v1/teams")
             if teams == []:
                 team = _json(
@@ -648,11 +688,30 @@ class Stack:
                 f"curl -H 'webhook-source: {LOCAL_SOURCE}' ... (set {WEBHOOK_SOURCES_ENV} and "
                 f"{STATUS_SOURCES_ENV} to require signatures)"
             )
+        lines.extend(self._admin_lines())
         lines.append("")
         lines.append("  Run `make demo` in another terminal to stream synthetic leads through it.")
         lines.append("  Ctrl-C to stop.")
         lines.append("")
         return "\n".join(lines)
+
+    def _admin_lines(self) -> list[str]:
+        """How to call the admin APIs, without showing the token itself."""
+        label = "Admin".ljust(9)
+        indent = " " * 12
+        example = f'curl -H "Authorization: Bearer ${ADMIN_TOKEN_ENV}" {self.url("router")}/v1/reps'
+        if self.admin_token_from_env:
+            return [
+                f"  {label} teams, reps, routing rules and the ICP take a token of "
+                f"{ADMIN_TOKEN_ENV}:",
+                f"{indent}{example}",
+            ]
+        return [
+            f"  {label} teams, reps, routing rules and the ICP take the token kept in "
+            f"{self.admin_token_file}:",
+            f"{indent}export {ADMIN_TOKEN_ENV}=$(cat {self.admin_token_file})",
+            f"{indent}{example}",
+        ]
 
     # stop
 

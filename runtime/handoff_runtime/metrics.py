@@ -66,6 +66,12 @@ REDRIVES = Counter(
     "Times the outbox was re-published because the broker had lost its log.",
     ["service"],
 )
+BROKER_RECOVERIES = Counter(
+    "handoff_broker_recoveries_total",
+    "Times a running process found the broker had lost its log and re-joined its consumer "
+    "groups from the start of the new one.",
+    ["service"],
+)
 INTAKE_REQUESTS = Counter(
     "handoff_intake_requests_total",
     "Webhook deliveries (leads, status reports) by source and outcome: accepted, updated, "

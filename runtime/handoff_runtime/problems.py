@@ -22,6 +22,8 @@ class DomainError(Exception):
     status: int = 400
     type: str = "bad-request"
     title: str = "Bad request"
+    headers: dict[str, str] = {}
+    """Response headers the error needs (e.g. `WWW-Authenticate` with a 401)."""
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -46,7 +48,14 @@ class Conflict(DomainError):
 
 
 def problem(
-    status: int, type_: str, title: str, detail: str, instance: str, **extra: Any
+    status: int,
+    type_: str,
+    title: str,
+    detail: str,
+    instance: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     """Build a problem+json response."""
     body = {
@@ -57,7 +66,7 @@ def problem(
         "instance": instance,
         **extra,
     }
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -91,7 +100,15 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DomainError)
     async def domain_error(request: Request, exc: DomainError) -> JSONResponse:
-        return problem(exc.status, exc.type, exc.title, exc.detail, request.url.path, **exc.extra)
+        return problem(
+            exc.status,
+            exc.type,
+            exc.title,
+            exc.detail,
+            request.url.path,
+            headers=exc.headers or None,
+            **exc.extra,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

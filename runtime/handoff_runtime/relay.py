@@ -21,7 +21,9 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 from aiokafka import AIOKafkaProducer
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from . import crashpoints
 from .db import Database
 from .metrics import EVENTS_PRODUCED, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, REDRIVES
 
@@ -113,6 +115,7 @@ class OutboxRelay:
             )
             acked = await self._send(rows)
             if acked:
+                crashpoints.reached("after_publish")
                 await conn.execute(
                     outbox.update().where(outbox.c.id.in_(acked)).values(published_at=sa.func.now())
                 )
@@ -158,18 +161,27 @@ class OutboxRelay:
 
     async def redrive(self, since: datetime) -> int:
         """Mark rows published since `since` as unpublished, so they are sent again in order."""
-        outbox = self.db.tables.outbox
         async with self.db.engine.begin() as conn:
-            result = await conn.execute(
-                outbox.update()
-                .where(outbox.c.published_at.is_not(None), outbox.c.published_at >= since)
-                .values(published_at=None)
-            )
+            count = await self.redrive_within(conn, since)
+        if count:
+            self.wake()
+        return count
+
+    async def redrive_within(self, conn: AsyncConnection, since: datetime) -> int:
+        """`redrive` inside the caller's transaction (the relay wakes once it commits)."""
+        outbox = self.db.tables.outbox
+        # Wait for a publish in flight: rows it sent to the lost broker are marked when it
+        # commits, and this update must come after that to send them again.
+        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(self._lock_id)))
+        result = await conn.execute(
+            outbox.update()
+            .where(outbox.c.published_at.is_not(None), outbox.c.published_at >= since)
+            .values(published_at=None)
+        )
         count = result.rowcount or 0
         if count:
             REDRIVES.labels(self.service).inc()
             log.warning("outbox re-driven: the broker lost its log", rows=count)
-            self.wake()
         return count
 
     async def delete_expired(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -19,17 +20,21 @@ from sqlalchemy.dialects.postgresql import insert
 
 from handoff_schemas import DEAD_LETTER_TOPICS, TOPICS
 
+from . import crashpoints
 from .consumer import Consumer, ConsumerLoop, ConsumerSettings
 from .db import Database
 from .intake import document_request_models
 from .kafka import broker_epoch, ensure_topics, make_consumer, make_producer
 from .logs import configure_logging
-from .metrics import http_metrics_middleware, metrics_response
+from .metrics import BROKER_RECOVERIES, http_metrics_middleware, metrics_response
 from .problems import install_problem_handlers
 from .relay import OutboxRelay
 from .settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
+
+SETTLE_FACTOR = 3
+"""Broker checks to wait after a recovery before the settling re-drive."""
 
 
 Worker = Callable[["ServiceRuntime"], Coroutine[Any, Any, None]]
@@ -61,11 +66,15 @@ class ServiceRuntime:
         self._kafka_consumers: list[AIOKafkaConsumer] = []
         self._loops: list[ConsumerLoop] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._consumer_tasks: list[asyncio.Task[None]] = []
+        self._epoch: str | None = None
+        self._settling: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Connect to the broker, re-drive the outbox if the broker lost its log, and start
-        the relay and the consumer loops."""
+        the relay, the consumer loops, the broker watch and the service's workers."""
         s = self.settings
+        crashpoints.arm(s.crash_at)
         await ensure_topics(
             s.kafka_bootstrap_servers, [*TOPICS, *DEAD_LETTER_TOPICS], timeout_s=s.kafka_timeout_s
         )
@@ -84,8 +93,22 @@ class ServiceRuntime:
             send_timeout_s=s.kafka_timeout_s,
             retention=timedelta(hours=s.outbox_retention_hours),
         )
-        await self.check_broker_epoch()
+        self._epoch, lost = await self.check_broker_epoch()
         self._tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.service}-relay"))
+        await self._start_consumers(from_beginning=lost)
+        self._tasks.append(
+            asyncio.create_task(self.watch_broker(), name=f"{self.service}-broker-watch")
+        )
+        for worker in self.workers:
+            name = f"{self.service}-{getattr(worker, '__name__', 'worker')}"
+            self._tasks.append(asyncio.create_task(worker(self), name=name))
+        for task in self._tasks:
+            task.add_done_callback(_log_crash)
+
+    async def _start_consumers(self, *, from_beginning: bool = False) -> None:
+        """Join each consumer group; a group without committed offsets starts at the earliest,
+        and `from_beginning` reads every partition from its start (after a lost log)."""
+        s = self.settings
         for spec in self.consumers:
             kafka = make_consumer(
                 s.kafka_bootstrap_servers,
@@ -108,22 +131,40 @@ class ServiceRuntime:
                     retry_backoff_s=s.retry_backoff_ms / 1000,
                     commit_timeout_s=s.kafka_timeout_s,
                 ),
+                from_beginning=from_beginning,
             )
             self._loops.append(loop)
-            self._tasks.append(asyncio.create_task(loop.run(), name=f"{self.service}-{spec.group}"))
-        for worker in self.workers:
-            name = f"{self.service}-{getattr(worker, '__name__', 'worker')}"
-            self._tasks.append(asyncio.create_task(worker(self), name=name))
-        for task in self._tasks:
+            task = asyncio.create_task(loop.run(), name=f"{self.service}-{spec.group}")
             task.add_done_callback(_log_crash)
+            self._consumer_tasks.append(task)
 
-    async def check_broker_epoch(self) -> None:
-        """Re-publish the retained outbox when the broker is not the one we last published to
-        (the embedded broker forgets everything on restart; consumers dedupe the repeats)."""
+    async def _stop_consumers(self) -> None:
+        """Cancel the consumer loops and leave their groups (each broker call bounded)."""
+        for task in self._consumer_tasks:
+            task.cancel()
+        await asyncio.gather(*self._consumer_tasks, return_exceptions=True)
+        for kafka in self._kafka_consumers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(kafka.stop(), self.settings.kafka_timeout_s)
+        for loop in self._loops:
+            loop.forget_all_lag()
+        self._consumer_tasks, self._kafka_consumers, self._loops = [], [], []
+
+    async def check_broker_epoch(self) -> tuple[str, bool]:
+        """Read the broker's epoch and, when it is not the one this service last published
+        to, re-publish the retained outbox (the embedded broker forgets everything on
+        restart; consumers dedupe the repeats). Returns the epoch and whether it changed."""
         assert self.relay is not None
-        epoch = await broker_epoch(
-            self.settings.kafka_bootstrap_servers, timeout_s=self.settings.kafka_timeout_s
-        )
+        s = self.settings
+        epoch = await broker_epoch(s.kafka_bootstrap_servers, timeout_s=s.kafka_timeout_s)
+        if epoch != self._epoch:
+            # Before anything is re-published: the embedded broker acknowledges records sent
+            # to a topic it has not created yet, and then loses them.
+            await ensure_topics(
+                s.kafka_bootstrap_servers,
+                [*TOPICS, *DEAD_LETTER_TOPICS],
+                timeout_s=s.kafka_timeout_s,
+            )
         table = self.db.tables.broker_epoch
         async with self.db.engine.begin() as conn:
             known = await conn.scalar(
@@ -136,19 +177,68 @@ class ServiceRuntime:
                     index_elements=[table.c.id], set_={"epoch": epoch, "seen_at": sa.func.now()}
                 )
             )
-        if known is not None and known != epoch:
-            since = datetime.now(UTC) - timedelta(hours=self.settings.outbox_retention_hours)
-            await self.relay.redrive(since)
+            lost = known is not None and known != epoch
+            if lost:
+                # In the transaction that records the new epoch, so a crash cannot record it
+                # and skip the re-drive. Instances of a service share the outbox: the one
+                # that swaps the recorded epoch re-drives it, once.
+                since = datetime.now(UTC) - timedelta(hours=s.outbox_retention_hours)
+                await self.relay.redrive_within(conn, since)
+        if lost:
+            self.relay.wake()
+        return epoch, lost
+
+    async def watch_broker(self) -> None:
+        """Check the broker epoch every few seconds while running. When the broker lost its
+        log, recreate the topics, re-drive the outbox, and re-join the consumer groups from
+        the start of the new log (the old positions point past its end)."""
+        while True:
+            await asyncio.sleep(self.settings.broker_check_interval_s)
+            try:
+                epoch, _ = await self.check_broker_epoch()
+                if epoch != self._epoch:
+                    noticed = datetime.now(UTC)
+                    await self.recover_from_broker_loss()
+                    self._epoch = epoch
+                    self._settling = asyncio.create_task(self._redrive_after_settling(noticed))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker or database away: look again next time
+                log.warning("broker check failed; retrying", error=repr(exc))
+
+    async def _redrive_after_settling(self, noticed: datetime) -> None:
+        """Re-publish once more what was published around the broker's restart, once the
+        broker has settled: in its first seconds the embedded broker has acknowledged
+        records that no fetch ever returned (its log shows offsets written twice)."""
+        assert self.relay is not None
+        s = self.settings
+        await asyncio.sleep(SETTLE_FACTOR * s.broker_check_interval_s + s.kafka_timeout_s)
+        since = noticed - timedelta(seconds=s.broker_check_interval_s + s.kafka_timeout_s)
+        try:
+            rows = await self.relay.redrive(since)
+        except Exception as exc:
+            log.warning("settling re-drive failed", error=repr(exc))
+        else:
+            log.info("outbox re-driven again after the broker settled", rows=rows)
+
+    async def recover_from_broker_loss(self) -> None:
+        """Restart this process's consumers on the new log (its topics exist by now)."""
+        started = time.monotonic()
+        log.warning("the broker lost its log: re-joining the consumer groups")
+        await self._stop_consumers()
+        await self._start_consumers(from_beginning=True)
+        BROKER_RECOVERIES.labels(self.service).inc()
+        log.warning("consumers restarted on the new log", seconds=time.monotonic() - started)
 
     async def stop(self) -> None:
         """Stop consuming, let the relay publish what is committed, then disconnect."""
         relay_task = self._tasks[0] if self._tasks else None
+        if self._settling is not None:
+            self._settling.cancel()
         for task in self._tasks[1:]:
             task.cancel()
         await asyncio.gather(*self._tasks[1:], return_exceptions=True)
-        for kafka in self._kafka_consumers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(kafka.stop(), self.settings.kafka_timeout_s)
+        await self._stop_consumers()
         if self.relay is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.relay.publish_pending(), self.settings.kafka_timeout_s)
@@ -175,7 +265,7 @@ class ServiceRuntime:
             checks["broker"] = "ok"
         except Exception as exc:
             checks["broker"] = f"unreachable: {type(exc).__name__}"
-        crashed = [t.get_name() for t in self._tasks if t.done()]
+        crashed = [t.get_name() for t in [*self._tasks, *self._consumer_tasks] if t.done()]
         checks["workers"] = "ok" if not crashed else f"stopped: {', '.join(crashed)}"
         waiting = [loop.spec.group for loop in self._loops if not loop.joined]
         checks["consumers"] = "ok" if not waiting else f"joining group: {', '.join(waiting)}"

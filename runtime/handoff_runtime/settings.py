@@ -1,14 +1,18 @@
 """Configuration shared by every service, read from environment variables.
 
-`DATABASE_URL` and `KAFKA_BOOTSTRAP_SERVERS` are shared by all services and carry no prefix;
-everything else is prefixed per service (`HANDOFF_SCORER_`, `HANDOFF_ROUTER_`, ...).
+`DATABASE_URL`, `KAFKA_BOOTSTRAP_SERVERS` and `HANDOFF_ADMIN_TOKEN` are shared by all services
+and carry no per-service prefix (each names its variable in `validation_alias`); everything else
+is prefixed per service (`HANDOFF_SCORER_`, `HANDOFF_ROUTER_`, ...).
 """
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from typing import Literal, Self
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from . import crashpoints
 from .webhooks import WebhookSource
 
 
@@ -32,6 +36,30 @@ class ServiceSettings(BaseSettings):
         default="localhost:9092",
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS"),
         description="Comma-separated Kafka bootstrap servers.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("HANDOFF_ADMIN_TOKEN"),
+        description="Bearer token the admin APIs (teams, reps, routing rules, the ICP) require. "
+        "Several, comma-separated, are accepted at once while one is rotated. Unset or empty: "
+        "every admin call is refused.",
+    )
+    environment: Literal["development", "test", "production"] = Field(
+        default="development",
+        validation_alias=AliasChoices("HANDOFF_ENVIRONMENT"),
+        description="Where the service runs; `production` refuses test-only hooks.",
+    )
+    crash_at: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("HANDOFF_CRASH_AT"),
+        description="Test-only: kill the process at a named crash point (`<point>[:<n>]`, "
+        "see handoff_runtime.crashpoints). Refused in production.",
+    )
+    broker_check_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the service checks that the broker still holds its log (the "
+        "broker epoch); a lost log is recreated and re-driven from the outbox.",
     )
     host: str = Field(default="127.0.0.1", description="HTTP bind address.")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
@@ -83,3 +111,20 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=262144, ge=1, description="Largest webhook body accepted (bytes); larger is 413."
     )
+
+    def admin_tokens(self) -> list[str]:
+        """The admin tokens accepted now; empty when none is configured."""
+        if self.admin_token is None:
+            return []
+        raw = self.admin_token.get_secret_value()
+        return [token.strip() for token in raw.split(",") if token.strip()]
+
+    @model_validator(mode="after")
+    def _no_test_hooks_in_production(self) -> Self:
+        if self.crash_at is not None:
+            if self.environment == "production":
+                raise ValueError(
+                    "HANDOFF_CRASH_AT is a test-only hook and is refused in production"
+                )
+            crashpoints.parse(self.crash_at)
+        return self

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 from support.infra import Infra
-from support.system import System, running_system
+from support.system import System, admin_headers, running_system
 
 from handoff_scorer.scoring import load_demo_icp
 
@@ -34,13 +34,19 @@ def system(infra: Infra) -> Iterator[System]:
         HANDOFF_FEEDBACK_WEBHOOK_SOURCES=json.dumps(crm),
         HANDOFF_ROUTER_CAPACITY_CHECK_INTERVAL_S="0.5",
     ) as running:
-        icp = httpx.post(f"{running.scorer}/v1/icp", json=load_demo_icp().model_dump(mode="json"))
+        icp = httpx.post(
+            f"{running.scorer}/v1/icp",
+            json=load_demo_icp().model_dump(mode="json"),
+            headers=admin_headers(),
+        )
         assert icp.status_code == 201, icp.text
         yield running
 
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    """A client posting as the unsigned local source."""
-    async with httpx.AsyncClient(timeout=30, headers={"webhook-source": LOCAL_SOURCE}) as client:
+    """A client posting as the unsigned local source and calling admin APIs with the admin
+    token."""
+    headers = {"webhook-source": LOCAL_SOURCE, **admin_headers()}
+    async with httpx.AsyncClient(timeout=30, headers=headers) as client:
         yield client

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 from support.kafka import read_topic
-from support.system import System
+from support.system import System, admin_headers
 from support.waiting import wait_for
 
 from handoff_schemas import ICP, LEAD_CREATED, LEAD_ROUTING, LEAD_STATUS, decode
@@ -40,10 +40,13 @@ def ideal_lead(email: str, *, employees: int = 250, activities: int = 2) -> dict
 @pytest.fixture(scope="module")
 def team(system: System) -> dict[str, Any]:
     """One team (the default) with two reps holding one working lead each."""
-    created = httpx.post(f"{system.router}/v1/teams", json={"name": "Inbound EMEA"})
+    admin = admin_headers()
+    created = httpx.post(f"{system.router}/v1/teams", json={"name": "Inbound EMEA"}, headers=admin)
     assert created.status_code == 201, created.text
     fallback = httpx.patch(
-        f"{system.router}/v1/teams/{created.json()['id']}", json={"is_default": True}
+        f"{system.router}/v1/teams/{created.json()['id']}",
+        json={"is_default": True},
+        headers=admin,
     )
     assert fallback.json()["is_default"] is True
     reps = [
@@ -55,6 +58,7 @@ def team(system: System) -> dict[str, Any]:
                 "email": f"{n}@handoff.dev",
                 "capacity": 1,
             },
+            headers=admin,
         ).json()
         for n in ("maria", "jonas")
     ]

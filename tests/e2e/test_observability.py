@@ -23,7 +23,7 @@ import pytest
 import yaml
 from support.kafka import read_topic
 from support.prometheus import binaries
-from support.system import System
+from support.system import System, admin_headers
 
 from handoff_runtime.embedded import die_with_parent, free_port
 from handoff_runtime.tracing import trace_id_of
@@ -123,7 +123,8 @@ def flowed(system: System, prometheus: str) -> dict[str, Any]:
     with a trace context of its caller), one refused, and each lead's first touch."""
     router = system.router
     industry = f"Observability {uuid.uuid4().hex[:6]}"
-    with httpx.Client(timeout=20, headers={"webhook-source": "local"}) as http:
+    headers = {"webhook-source": "local", **admin_headers()}
+    with httpx.Client(timeout=20, headers=headers) as http:
         team = http.post(f"{router}/v1/teams", json={"name": "Observed"}).json()
         rep = http.post(
             f"{router}/v1/reps",

@@ -21,6 +21,7 @@ import pytest
 from support.infra import embedded_infra
 from support.kafka import produce, read_topic
 from support.processes import running_instances
+from support.system import admin_headers
 
 from handoff_schemas import (
     LEAD_ROUTING,
@@ -144,7 +145,8 @@ def disqualified_to_nurture(
 async def test_a_nurtured_lead_engaging_after_its_date_is_routed_again_and_before_it_is_not(
     stack: Stack,
 ) -> None:
-    async with httpx.AsyncClient(timeout=20, headers={"webhook-source": "local"}) as http:
+    headers = {"webhook-source": "local", **admin_headers()}
+    async with httpx.AsyncClient(timeout=20, headers=headers) as http:
         icp = await http.post(
             f"{stack.scorer}/v1/icp", json=load_demo_icp().model_dump(mode="json")
         )

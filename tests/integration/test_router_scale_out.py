@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 from support.kafka import read_topic
 from support.processes import Instance, running_instances
+from support.system import ADMIN_TOKEN, admin_headers
 
 from handoff_runtime.db import create_engine
 from handoff_runtime.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
@@ -141,6 +142,7 @@ def scale_out() -> Iterator[ScaleOut]:
             "HANDOFF_SCORER_PORT": str(free_port()),
             "HANDOFF_FEEDBACK_PORT": str(free_port()),
             WEBHOOK_SOURCES_ENV: json.dumps({LOCAL: {"signed": False}}),
+            "HANDOFF_ADMIN_TOKEN": ADMIN_TOKEN,
         }
         # Stack creates the topics, migrates and starts scorer and feedback; the routers
         # are started separately, three of them, on the same database and broker.
@@ -160,7 +162,7 @@ def scale_out() -> Iterator[ScaleOut]:
         print(f"router group partitions (scored + status topics): {partitions}")
 
         scorer, feedback = services.url("scorer"), services.url("feedback")
-        with httpx.Client(timeout=10) as client:
+        with httpx.Client(timeout=10, headers=admin_headers()) as client:
             icp = client.post(f"{scorer}/v1/icp", json=load_demo_icp().model_dump(mode="json"))
             assert icp.status_code == 201, icp.text
             team = client.post(f"{routers[0].base_url}/v1/teams", json={"name": "Inbound EMEA"})
@@ -193,7 +195,8 @@ def scale_out() -> Iterator[ScaleOut]:
 
 @pytest.fixture(scope="module")
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30, headers={"webhook-source": LOCAL}) as client:
+    headers = {"webhook-source": LOCAL, **admin_headers()}
+    async with httpx.AsyncClient(timeout=30, headers=headers) as client:
         yield client
 
 

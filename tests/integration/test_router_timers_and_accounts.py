@@ -20,6 +20,7 @@ import pytest
 from support.infra import embedded_infra
 from support.kafka import read_topic
 from support.processes import running_instances
+from support.system import admin_headers
 
 from handoff_schemas import LEAD_ROUTING, decode
 from handoff_scorer.scoring import load_demo_icp
@@ -28,6 +29,8 @@ pytestmark = pytest.mark.integration
 
 SLA_SECONDS = 5
 BACKLOG_MAX_AGE_SECONDS = 6
+# The unsigned local webhook source, and the admin token teams, reps and the ICP need.
+CLIENT_HEADERS = {"webhook-source": "local", **admin_headers()}
 
 
 @dataclass
@@ -98,7 +101,7 @@ async def test_missed_first_touch_is_reassigned_escalated_and_a_touch_stops_the_
     sla: Sla,
 ) -> None:
     with router(sla) as (instance,):
-        async with httpx.AsyncClient(timeout=20, headers={"webhook-source": "local"}) as http:
+        async with httpx.AsyncClient(timeout=20, headers=CLIENT_HEADERS) as http:
             icp = await http.post(
                 f"{sla.scorer}/v1/icp", json=load_demo_icp().model_dump(mode="json")
             )
@@ -158,7 +161,7 @@ async def test_missed_first_touch_is_reassigned_escalated_and_a_touch_stops_the_
 async def test_a_deadline_that_passes_while_the_router_is_down_fires_after_restart(
     sla: Sla,
 ) -> None:
-    async with httpx.AsyncClient(timeout=20, headers={"webhook-source": "local"}) as http:
+    async with httpx.AsyncClient(timeout=20, headers=CLIENT_HEADERS) as http:
         with router(sla) as (instance,):
             # Make room: the previous test's lead is still being worked.
             await http.patch(f"{instance.base_url}/v1/reps/{sla.reps[0]}", json={"capacity": 2})
@@ -184,7 +187,7 @@ async def test_a_deadline_that_passes_while_the_router_is_down_fires_after_resta
 async def test_an_account_owner_gets_the_account_and_a_lead_queued_too_long_goes_to_nurture(
     sla: Sla,
 ) -> None:
-    async with httpx.AsyncClient(timeout=20, headers={"webhook-source": "local"}) as http:
+    async with httpx.AsyncClient(timeout=20, headers=CLIENT_HEADERS) as http:
         with router(sla) as (instance,):
             for rep_id in sla.reps:
                 await http.patch(f"{instance.base_url}/v1/reps/{rep_id}", json={"capacity": 10})
@@ -224,7 +227,7 @@ async def test_an_account_owner_gets_the_account_and_a_lead_queued_too_long_goes
 async def test_a_rep_back_from_out_of_office_takes_the_waiting_lead_without_any_event(
     sla: Sla,
 ) -> None:
-    async with httpx.AsyncClient(timeout=20, headers={"webhook-source": "local"}) as http:
+    async with httpx.AsyncClient(timeout=20, headers=CLIENT_HEADERS) as http:
         with router(sla) as (instance,):
             back = datetime.now(UTC) + timedelta(seconds=1.5)
             away = {"start": (back - timedelta(days=1)).isoformat(), "end": back.isoformat()}

@@ -25,6 +25,8 @@ import httpx
 
 from handoff_runtime.embedded import die_with_parent, free_port
 
+from .system import ADMIN_TOKEN
+
 HOST = "127.0.0.1"
 
 
@@ -103,24 +105,46 @@ def running_instances(
     instances: list[Instance] = []
     try:
         for index in range(1, count + 1):
-            port = free_port()
-            log_path = workdir / f"{base}-{index}.log"
-            with log_path.open("ab") as log:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", module, "serve"],
-                    cwd=workdir,
-                    env={**env, port_env: str(port), "PYTHONUNBUFFERED": "1"},
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=die_with_parent,
-                )
-            instances.append(Instance(f"{base}-{index}", port, process, log_path))
+            instances.append(
+                spawn(module, f"{base}-{index}", env=env, port_env=port_env, workdir=workdir)
+            )
         wait_ready(instances, timeout_s=ready_timeout_s)
         yield instances
     finally:
         stop_instances(instances, timeout_s=stop_timeout_s)
+
+
+def spawn(
+    module: str,
+    name: str,
+    *,
+    env: Mapping[str, str],
+    port_env: str,
+    workdir: Path,
+    port: int | None = None,
+) -> Instance:
+    """Start one `python -m <module> serve` process on `port` (a free one if None), logging
+    to `<workdir>/<name>.log` (appended to, so a restarted instance keeps its history).
+    It accepts ADMIN_TOKEN unless `env` sets `HANDOFF_ADMIN_TOKEN`."""
+    port = port or free_port()
+    log_path = workdir / f"{name}.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, "serve"],
+            cwd=workdir,
+            env={
+                "HANDOFF_ADMIN_TOKEN": ADMIN_TOKEN,
+                **env,
+                port_env: str(port),
+                "PYTHONUNBUFFERED": "1",
+            },
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+    return Instance(name, port, process, log_path)
 
 
 def wait_ready(instances: list[Instance], *, timeout_s: float) -> None:

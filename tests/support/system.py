@@ -13,6 +13,14 @@ from handoff_runtime.launcher import Stack
 
 from .infra import Infra
 
+ADMIN_TOKEN = "adm_test-4c1f9b2e7a0d"
+"""The admin token the services started by the tests accept (`HANDOFF_ADMIN_TOKEN`)."""
+
+
+def admin_headers(token: str = ADMIN_TOKEN) -> dict[str, str]:
+    """The header an admin API call needs."""
+    return {"authorization": f"Bearer {token}"}
+
 
 @dataclass(frozen=True)
 class System:
@@ -27,9 +35,11 @@ class System:
 
 @contextmanager
 def running_system(infra: Infra, **settings: str) -> Iterator[System]:
-    """Start scorer, router and feedback against `infra`; stop them afterwards."""
+    """Start scorer, router and feedback against `infra` (accepting ADMIN_TOKEN unless
+    `settings` names another); stop them afterwards."""
     env = {
         **os.environ,
+        "HANDOFF_ADMIN_TOKEN": ADMIN_TOKEN,
         "DATABASE_URL": infra.database_url,
         "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap,
         "HANDOFF_SCORER_PORT": str(free_port()),

@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from handoff_runtime.auth import UNAUTHORIZED_RESPONSE, require_admin
 from handoff_runtime.db import Database
 from handoff_runtime.problems import NotFound
 from handoff_runtime.service import database, runtime_of
@@ -28,6 +29,9 @@ from .settings import RouterSettings
 from .workers import team_loads, thresholds_of
 
 router = APIRouter(prefix="/v1")
+# Teams, reps and routing rules decide who gets which leads: reading or changing them takes an
+# admin token. Included into `router` at the end of the module.
+admin = APIRouter(dependencies=[Depends(require_admin)], responses=UNAUTHORIZED_RESPONSE)
 Db = Annotated[Database, Depends(database)]
 
 
@@ -321,7 +325,7 @@ def _rep_public(rep: Rep) -> RepPublic:
     )
 
 
-@router.post(
+@admin.post(
     "/teams", status_code=status.HTTP_201_CREATED, response_model=TeamPublic, tags=["teams"]
 )
 async def create_team(body: TeamCreate, db: Db) -> TeamPublic:
@@ -331,7 +335,7 @@ async def create_team(body: TeamCreate, db: Db) -> TeamPublic:
     return TeamPublic.model_validate(team, from_attributes=True)
 
 
-@router.patch("/teams/{team_id}", response_model=TeamPublic, tags=["teams"])
+@admin.patch("/teams/{team_id}", response_model=TeamPublic, tags=["teams"])
 async def update_team(team_id: str, body: TeamUpdate, db: Db) -> TeamPublic:
     """Change a team's name, manager or working-hours policy."""
     async with db.unit_of_work() as uow:
@@ -342,7 +346,7 @@ async def update_team(team_id: str, body: TeamUpdate, db: Db) -> TeamPublic:
     return public
 
 
-@router.get("/routing-rules", response_model=Rules, tags=["teams"])
+@admin.get("/routing-rules", response_model=Rules, tags=["teams"])
 async def get_rules(db: Db) -> Rules:
     """The ordered routing rules."""
     async with db.unit_of_work() as uow:
@@ -355,7 +359,7 @@ async def get_rules(db: Db) -> Rules:
         )
 
 
-@router.put("/routing-rules", response_model=Rules, tags=["teams"])
+@admin.put("/routing-rules", response_model=Rules, tags=["teams"])
 async def put_rules(body: Rules, db: Db) -> Rules:
     """Replace the ordered routing rules; leads matching no rule go to the fallback team."""
     async with db.unit_of_work() as uow:
@@ -363,7 +367,7 @@ async def put_rules(body: Rules, db: Db) -> Rules:
     return body
 
 
-@router.get("/teams", response_model=list[TeamPublic], tags=["teams"])
+@admin.get("/teams", response_model=list[TeamPublic], tags=["teams"])
 async def list_teams(db: Db) -> list[TeamPublic]:
     """Every sales team."""
     async with db.unit_of_work() as uow:
@@ -371,7 +375,7 @@ async def list_teams(db: Db) -> list[TeamPublic]:
     return [TeamPublic.model_validate(t, from_attributes=True) for t in teams]
 
 
-@router.post("/reps", status_code=status.HTTP_201_CREATED, response_model=RepPublic, tags=["reps"])
+@admin.post("/reps", status_code=status.HTTP_201_CREATED, response_model=RepPublic, tags=["reps"])
 async def create_rep(body: RepCreate, db: Db) -> RepPublic:
     """Add a rep to a team; if leads are queued and the rep has room they are assigned now."""
     async with db.unit_of_work() as uow:
@@ -380,7 +384,7 @@ async def create_rep(body: RepCreate, db: Db) -> RepPublic:
     return public
 
 
-@router.get("/reps", response_model=list[RepPublic], tags=["reps"])
+@admin.get("/reps", response_model=list[RepPublic], tags=["reps"])
 async def list_reps(db: Db) -> list[RepPublic]:
     """Every rep with capacity, working leads and headroom."""
     async with db.unit_of_work() as uow:
@@ -388,7 +392,7 @@ async def list_reps(db: Db) -> list[RepPublic]:
         return [_rep_public(r) for r in reps]
 
 
-@router.patch("/reps/{rep_id}", response_model=RepPublic, tags=["reps"])
+@admin.patch("/reps/{rep_id}", response_model=RepPublic, tags=["reps"])
 async def update_rep(rep_id: str, body: RepUpdate, db: Db) -> RepPublic:
     """Change a rep's capacity, weight or availability; new room drains the backlog at once."""
     async with db.unit_of_work() as uow:
@@ -476,3 +480,7 @@ async def lead_routing(lead_id: str, db: Db) -> RoutingHistory:
             for d in decisions
         ],
     )
+
+
+# include_router copies the routes defined so far, so this comes after every admin route.
+router.include_router(admin)

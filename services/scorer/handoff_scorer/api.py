@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
+from handoff_runtime.auth import UNAUTHORIZED_RESPONSE, require_admin
 from handoff_runtime.db import Database, UnitOfWork
 from handoff_runtime.intake import json_body, respond_once
 from handoff_runtime.problems import NotFound
@@ -21,6 +22,9 @@ from .repository import ScorerRepository
 from .scoring import IcpDocument
 
 router = APIRouter(prefix="/v1")
+# The ICP decides every score: reading it, publishing it and re-scoring with it take an admin
+# token. Included into `router` at the end of the module.
+admin = APIRouter(dependencies=[Depends(require_admin)], responses=UNAUTHORIZED_RESPONSE)
 Db = Annotated[Database, Depends(database)]
 
 
@@ -225,7 +229,7 @@ async def get_lead(lead_id: str, db: Db) -> LeadPublic:
     )
 
 
-@router.get("/icp", response_model=IcpPublic, tags=["icp"], summary="The current ICP")
+@admin.get("/icp", response_model=IcpPublic, tags=["icp"], summary="The current ICP")
 async def get_icp(db: Db) -> IcpPublic:
     """The ideal customer profile every lead is scored against now."""
     async with db.unit_of_work() as uow:
@@ -235,7 +239,7 @@ async def get_icp(db: Db) -> IcpPublic:
     return IcpPublic(version=row.version, published_at=row.published_at, document=row.document)
 
 
-@router.get(
+@admin.get(
     "/icp/versions", response_model=list[IcpPublic], tags=["icp"], summary="Every ICP version"
 )
 async def list_icp_versions(db: Db) -> list[IcpPublic]:
@@ -247,7 +251,7 @@ async def list_icp_versions(db: Db) -> list[IcpPublic]:
     ]
 
 
-@router.post(
+@admin.post(
     "/icp",
     status_code=status.HTTP_201_CREATED,
     response_model=IcpPublic,
@@ -274,7 +278,7 @@ class RescoreJobPublic(BaseModel):
     finished_at: datetime | None
 
 
-@router.post(
+@admin.post(
     "/icp/{version}/rescore",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=RescoreJobPublic,
@@ -290,7 +294,7 @@ async def rescore(version: int, db: Db) -> RescoreJobPublic:
     return public
 
 
-@router.get(
+@admin.get(
     "/rescore-jobs/{job_id}",
     response_model=RescoreJobPublic,
     tags=["icp"],
@@ -303,3 +307,7 @@ async def rescore_progress(job_id: str, db: Db) -> RescoreJobPublic:
         if job is None:
             raise NotFound(f"no re-score job {job_id}")
         return RescoreJobPublic.model_validate(job, from_attributes=True)
+
+
+# include_router copies the routes defined so far, so this comes after every admin route.
+router.include_router(admin)
