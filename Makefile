@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PROMTOOL := $(TOOLS)/prometheus/usr/bin/promtool
 PACKAGES := -e ./schemas -e ./runtime -e ./services/scorer -e ./services/router -e ./services/feedback
 
-.PHONY: install run demo test bench lint typecheck unit integration e2e schemas lock clean prometheus
+.PHONY: install run demo test bench chaos lint typecheck unit integration e2e schemas lock clean prometheus
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
@@ -45,6 +45,11 @@ demo: install
 ## Benchmarks (figures are reported here, never asserted in tests).
 bench: install
 	$(PY) bench/intake_batch.py
+
+## Fault soak: every fault of tests/integration/test_faults.py with more leads and rounds,
+## ending with a summary (accepted, ended, duplicated, lost, time to recover per fault).
+chaos: install
+	HANDOFF_CHAOS=soak $(PY) -m pytest tests/integration/test_faults.py -q -s
 
 schemas: install
 	$(PY) -m handoff_schemas.generate

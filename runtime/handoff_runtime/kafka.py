@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -22,6 +22,22 @@ log = structlog.get_logger(__name__)
 
 EPOCH_TOPIC = "handoff.broker-epoch"
 """Its first record names the broker's incarnation; a new one means the log was lost."""
+
+
+async def close_quietly(closing: Awaitable[object], *, timeout_s: float, what: str) -> None:
+    """Await a client's stop or close, bounded by `timeout_s`. A failure is logged, not
+    raised: a client of a broker that vanished can fail to close in any way, aiokafka's
+    consumer even re-raising the CancelledError of its own cancelled fetches, and closing
+    must go on. A cancellation of the calling task itself still propagates."""
+    try:
+        await asyncio.wait_for(closing, timeout_s)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("closing a broker client was interrupted", client=what)
+    except Exception as exc:
+        log.warning("closing a broker client failed", client=what, error=repr(exc))
 
 
 def make_producer(bootstrap: str, *, client_id: str, timeout_s: float) -> AIOKafkaProducer:
@@ -90,7 +106,7 @@ async def ensure_topics(bootstrap: str, topics: Iterable[Topic], *, timeout_s: f
                 await asyncio.wait_for(admin.create_topics(missing), timeout_s)
             log.info("topics created", topics=[t.name for t in missing])
     finally:
-        await admin.close()
+        await close_quietly(admin.close(), timeout_s=timeout_s, what="admin")
 
 
 async def broker_epoch(bootstrap: str, *, timeout_s: float) -> str:
@@ -116,7 +132,7 @@ async def broker_epoch(bootstrap: str, *, timeout_s: float) -> str:
                 timeout_s,
             )
         finally:
-            await producer.stop()
+            await close_quietly(producer.stop(), timeout_s=timeout_s, what="epoch producer")
         epoch = await _first_record(bootstrap, timeout_s=timeout_s)
     if epoch is None:
         raise TimeoutError("could not read the broker epoch")
@@ -138,4 +154,4 @@ async def _first_record(bootstrap: str, *, timeout_s: float) -> str | None:
                 return bytes(record.value).decode()
         return None
     finally:
-        await consumer.stop()
+        await close_quietly(consumer.stop(), timeout_s=timeout_s + 10, what="epoch reader")

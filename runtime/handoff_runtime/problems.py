@@ -4,16 +4,41 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://handoff.dev/problems/"
 
 log = structlog.get_logger(__name__)
+
+
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,  # no pooled connection came free in time
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, crashed
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) says the database is away rather than a bug."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _UNAVAILABLE):
+            return True
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 class DomainError(Exception):
@@ -119,6 +144,18 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
+        if database_unavailable(exc):
+            # Not the client's fault and not a bug: the database is restarting or out of
+            # reach. Nothing was committed; the same request can be sent again shortly.
+            log.warning("database unavailable", path=request.url.path, error=repr(exc))
+            return problem(
+                503,
+                "service-unavailable",
+                "Service unavailable",
+                "The database is unavailable; nothing was stored. Retry shortly.",
+                request.url.path,
+                headers={"Retry-After": "1"},
+            )
         log.exception("unhandled error", path=request.url.path)
         return problem(
             500, "internal-error", "Internal error", "The error was logged.", request.url.path

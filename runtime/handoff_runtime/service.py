@@ -4,7 +4,6 @@ health endpoints, metrics, problem+json errors and JSON logs."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -24,7 +23,7 @@ from . import crashpoints
 from .consumer import Consumer, ConsumerLoop, ConsumerSettings
 from .db import Database
 from .intake import document_request_models
-from .kafka import broker_epoch, ensure_topics, make_consumer, make_producer
+from .kafka import broker_epoch, close_quietly, ensure_topics, make_consumer, make_producer
 from .logs import configure_logging
 from .metrics import BROKER_RECOVERIES, http_metrics_middleware, metrics_response
 from .problems import install_problem_handlers
@@ -144,8 +143,9 @@ class ServiceRuntime:
             task.cancel()
         await asyncio.gather(*self._consumer_tasks, return_exceptions=True)
         for kafka in self._kafka_consumers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(kafka.stop(), self.settings.kafka_timeout_s)
+            await close_quietly(
+                kafka.stop(), timeout_s=self.settings.kafka_timeout_s, what="consumer"
+            )
         for loop in self._loops:
             loop.forget_all_lag()
         self._consumer_tasks, self._kafka_consumers, self._loops = [], [], []
@@ -240,14 +240,18 @@ class ServiceRuntime:
         await asyncio.gather(*self._tasks[1:], return_exceptions=True)
         await self._stop_consumers()
         if self.relay is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.relay.publish_pending(), self.settings.kafka_timeout_s)
+            await close_quietly(
+                self.relay.publish_pending(),
+                timeout_s=self.settings.kafka_timeout_s,
+                what="outbox relay",
+            )
         if relay_task is not None:
             relay_task.cancel()
             await asyncio.gather(relay_task, return_exceptions=True)
         if self.producer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.producer.stop(), self.settings.kafka_timeout_s)
+            await close_quietly(
+                self.producer.stop(), timeout_s=self.settings.kafka_timeout_s, what="producer"
+            )
         await self.db.dispose()
 
     async def readiness(self) -> dict[str, str]:

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 import sqlalchemy as sa
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy.ext.asyncio import AsyncEngine
 from support.chaos import (
@@ -107,6 +107,7 @@ async def test_a_process_killed_at_a_crash_point_loses_and_doubles_nothing(
         await asyncio.to_thread(cluster.restart, service)
         load = await sending
         assert not load.refused, f"leads refused: {load.refused[:5]}"
+        assert set(load.server_errors) <= {503}, load.server_errors
         assert len(load.accepted) == LEADS
         settle(await check_history(cluster, load, fault_at=crashed_at), f"crash {service} {point}")
     await wait_for_zero_lag(cluster)
@@ -123,11 +124,18 @@ async def recoveries(cluster: Cluster) -> dict[str, float]:
         }
 
 
-async def all_ready(cluster: Cluster) -> dict[str, int]:
+async def all_ready(cluster: Cluster, timeout_s: float = 60) -> dict[str, int]:
+    """Each service's /readyz status, once all answer 200 or `timeout_s` passed."""
+    deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient(timeout=5) as client:
-        return {
-            name: (await client.get(f"{cluster.url(name)}/readyz")).status_code for name in SERVICES
-        }
+        while True:
+            statuses = {
+                name: (await client.get(f"{cluster.url(name)}/readyz")).status_code
+                for name in SERVICES
+            }
+            if set(statuses.values()) == {200} or time.monotonic() > deadline:
+                return statuses
+            await asyncio.sleep(0.5)
 
 
 async def test_a_broker_killed_mid_load_is_noticed_and_everything_is_re_driven(
@@ -170,6 +178,8 @@ async def test_postgres_restarted_in_immediate_mode_mid_load_loses_nothing(
         restarted_at = time.monotonic()
         await sending
         assert not load.refused
+        # While PostgreSQL was away, intake answered 503 (retry later), never 500.
+        assert set(load.server_errors) <= {503}, load.server_errors
         settle(
             await check_history(cluster, load, fault_at=restarted_at),
             "PostgreSQL immediate restart",
@@ -192,66 +202,106 @@ async def table_fingerprints(engine: AsyncEngine) -> dict[str, str]:
         )
         for schema, table in tables.all():
             rows = await conn.execute(sa.text(f'SELECT t::text FROM "{schema}"."{table}" t'))
-            text = "\n".join(sorted(row for (row,) in rows.all()))
-            fingerprints[f"{schema}.{table}"] = hashlib.sha256(text.encode()).hexdigest()
+            lines = sorted(row for (row,) in rows.all())
+            digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+            fingerprints[f"{schema}.{table}"] = f"{len(lines)} rows {digest}"
     return fingerprints
 
 
 async def rewind_groups(bootstrap: str) -> int:
-    """Commit offset 0 for every consumer group on every partition of every topic (the
-    services are stopped, so the groups are empty); returns the records to be replayed."""
+    """Commit offset 0 for every consumer group on every partition of every topic, as a
+    member of the group (the services are stopped, so it is the only one; the broker takes
+    commits only from members); returns how many records will be replayed."""
     replayed = 0
     for group in GROUPS:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+            *(topic.name for topic in TOPICS),
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
         )
         await consumer.start()
         try:
-            partitions = [
-                TopicPartition(topic.name, p)
-                for topic in TOPICS
-                for p in sorted(consumer.partitions_for_topic(topic.name) or ())
-            ]
-            consumer.assign(partitions)
+            deadline = time.monotonic() + 60
+            while not consumer.assignment():
+                assert time.monotonic() < deadline, f"could not join {group}"
+                await consumer.getmany(timeout_ms=200)
+            partitions = sorted(consumer.assignment())
             committed = {tp: await consumer.committed(tp) for tp in partitions}
             replayed += sum(offset or 0 for offset in committed.values())
             await consumer.commit({tp: OffsetAndMetadata(0, "") for tp in partitions})
+            assert all([await consumer.committed(tp) == 0 for tp in partitions]), group
         finally:
             await consumer.stop()
     return replayed
+
+
+async def settled_fingerprints(engine: AsyncEngine, timeout_s: float = 90) -> dict[str, str]:
+    """Table fingerprints once two readings 3 s apart agree (everything in flight applied)."""
+    deadline = time.monotonic() + timeout_s
+    last = await table_fingerprints(engine)
+    while True:
+        await asyncio.sleep(3)
+        now = await table_fingerprints(engine)
+        if now == last:
+            return now
+        assert time.monotonic() < deadline, "the system never settled"
+        last = now
+
+
+async def duplicates_seen(cluster: Cluster) -> float:
+    """Records the running services recognised as already processed, since they started."""
+    total = 0.0
+    async with httpx.AsyncClient(timeout=5) as client:
+        for name in SERVICES:
+            metrics = (await client.get(f"{cluster.url(name)}/metrics")).text
+            total += metric_total(metrics, "handoff_events_consumed_total", 'outcome="duplicate"')
+    return total
 
 
 async def test_replaying_every_topic_from_offset_zero_changes_no_table(
     cluster: Cluster, engine: AsyncEngine
 ) -> None:
     await wait_for_zero_lag(cluster)
-    before = await table_fingerprints(engine)
+    before = await settled_fingerprints(engine)
     await asyncio.to_thread(cluster.stop_services)
     replayed = await rewind_groups(cluster.env["KAFKA_BOOTSTRAP_SERVERS"])
     assert replayed > LEADS, "the groups had consumed too little for a meaningful replay"
     await asyncio.to_thread(cluster.start_services)
     started = time.monotonic()
-
-    async def duplicates_seen() -> float:
-        total = 0.0
-        async with httpx.AsyncClient(timeout=5) as client:
-            for name in SERVICES:
-                metrics = (await client.get(f"{cluster.url(name)}/metrics")).text
-                total += sum(
-                    float(line.rsplit(" ", 1)[1])
-                    for line in metrics.splitlines()
-                    if line.startswith("handoff_events_consumed_total{")
-                    and 'outcome="duplicate"' in line
-                )
-        return total
-
     # The restarted services consumed every record again and recognised each one.
-    while await duplicates_seen() < replayed:
-        assert time.monotonic() - started < 120, "the replay did not finish"
+    while (seen := await duplicates_seen(cluster)) < replayed:
+        assert time.monotonic() - started < 120, f"{seen:.0f} of {replayed} records replayed"
         await asyncio.sleep(0.5)
-    await wait_for_zero_lag(cluster)
-    after = await table_fingerprints(engine)
+    after = await settled_fingerprints(engine)
     changed = sorted(table for table in before if before[table] != after.get(table))
-    assert not changed, f"replay changed {changed}"
+    assert not changed, f"replay changed {[(t, before[t], after.get(t)) for t in changed]}"
     assert set(after) == set(before)
     SUMMARY.append(f"{'replay from offset 0':<34} records {replayed}, tables changed 0")
+
+
+async def test_a_service_stops_within_its_grace_period_while_the_broker_is_down(
+    cluster: Cluster,
+) -> None:
+    """SIGTERM with the broker gone: every broker call on the way out is bounded, so the
+    service exits cleanly inside the 30 s a deployment gives it, and comes back after."""
+    cluster.kill_broker()
+    feedback = cluster.instances["feedback"]
+    asked = time.monotonic()
+    feedback.process.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(feedback.process.wait, 60)
+    took = time.monotonic() - asked
+    # uvicorn re-raises the SIGTERM it handled once shutdown is complete.
+    events = [str(r.get("event")) for r in feedback.log_records()]
+    assert code in (0, -signal.SIGTERM), f"exit code {code}"
+    assert "Application shutdown complete." in events, "\n".join(events[-30:])
+    assert "Application shutdown failed. Exiting." not in events
+    assert took < 30, f"feedback took {took:.1f} s to stop"
+    cluster.start_broker()
+    await asyncio.to_thread(cluster.restart, "feedback")
+    SUMMARY.append(f"{'stop with the broker down':<34} clean exit in {took:.1f} s")
+    # The others noticed the new broker by themselves and are consuming again.
+    await wait_for_zero_lag(cluster)
+    assert await all_ready(cluster) == dict.fromkeys(SERVICES, 200)

@@ -1,11 +1,12 @@
 """Scale-out safety of the router: three router processes in one consumer group, on one
-database and broker, route a burst of leads that race for five slots.
+database and broker, route a burst of 200 leads that race for one hot rep's five slots.
 
 The module runs its own PostgreSQL and broker (the router routes to the first team ever
 created, so it must not share a database with other modules), the scorer and feedback once
-(the launcher's Stack), and three `python -m handoff_router serve` processes. 60 grade-A
-leads arrive at once, as single webhooks and batches; the team holds five. Exactly five are
-assigned, to reps with room, and 55 wait in the backlog in drain order. Then sales lets the
+(the launcher's Stack), and three `python -m handoff_router serve` processes. 200 grade-A
+leads arrive at once, as single webhooks and batches; the team's one rep holds five. Exactly
+five are assigned, and 195 wait in the backlog in drain order; DESIGN.md's capacity
+invariants are checked on the tables after each scenario. Then sales lets the
 five go one at a time, and each release gives its slot to exactly the head of the backlog.
 What the routers published is read back with an independent consumer; the router's tables
 are checked directly.
@@ -46,8 +47,9 @@ from handoff_scorer.scoring import load_demo_icp, score_lead
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 ROUTERS = 3
-LEADS = 60
-CAPACITIES = {"maria": 2, "jonas": 2, "sofia": 1}
+LEADS = 200
+CAPACITIES = {"maria": 5}
+"""One hot rep: every lead of the burst races for her five slots."""
 TOTAL_CAPACITY = sum(CAPACITIES.values())
 ASSIGNED = "handoff.lead.assigned.v1"
 QUEUED = "handoff.lead.queued.v1"
@@ -170,7 +172,7 @@ def scale_out() -> Iterator[ScaleOut]:
             team_id = team.json()["id"]
             capacity: dict[str, int] = {}
             # Each rep is created through a different router instance.
-            for router, (name, slots) in zip(routers, CAPACITIES.items(), strict=True):
+            for router, (name, slots) in zip(routers, CAPACITIES.items(), strict=False):
                 rep = client.post(
                     f"{router.base_url}/v1/reps",
                     json={
@@ -328,13 +330,14 @@ def consumed_per_router(metrics: str) -> int:
 
 @pytest.fixture(scope="module")
 async def burst(scale_out: ScaleOut, http: httpx.AsyncClient) -> Burst:
-    """60 grade-A leads at once: 40 single webhooks and two batches of 10, concurrently."""
+    """200 grade-A leads at once: 100 single webhooks and ten batches of 10, concurrently."""
     bodies = [ideal_lead(i) for i in range(LEADS)]
     icp, now = load_demo_icp(), datetime.now(UTC)
     assert {score_lead(LeadProfile.model_validate(b), icp, now=now).grade for b in bodies} == {
         "A"
     }, "the burst must be all grade A under the demo ICP"
-    singles, batches = bodies[:40], [bodies[40:50], bodies[50:]]
+    singles = bodies[:100]
+    batches = [bodies[i : i + 10] for i in range(100, LEADS, 10)]
 
     async def post_one(body: dict[str, Any]) -> list[str]:
         answer = await http.post(f"{scale_out.scorer}/v1/leads", json=body)

@@ -225,6 +225,8 @@ class Load:
     """Email -> lead id, for every lead answered with 2xx."""
     refused: list[str] = field(default_factory=list)
     retries: int = 0
+    server_errors: Counter[int] = field(default_factory=Counter)
+    """5xx answers by status (a retry follows each)."""
     finished_at: float = 0.0
 
 
@@ -275,6 +277,8 @@ async def send_leads(
                     answer = None
                 if answer is not None and answer.status_code < 500:
                     break
+                if answer is not None:
+                    load.server_errors[answer.status_code] += 1
                 if time.monotonic() > deadline:
                     raise AssertionError(f"no answer for {path} in {give_up_after_s} s")
                 load.retries += 1
@@ -544,10 +548,11 @@ async def wait_for_zero_lag(cluster: Cluster, timeout_s: float = 60) -> float:
             await asyncio.sleep(0.5)
 
 
-def metric_total(metrics: str, name: str) -> float:
-    """The sum of every sample of `name` in a Prometheus text exposition."""
-    pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})?\s+([0-9.e+-]+)$", re.M)
-    return sum(float(v) for v in pattern.findall(metrics))
+def metric_total(metrics: str, name: str, having: str = "") -> float:
+    """The sum of the samples of `name` in a Prometheus text exposition (those whose labels
+    contain `having`, if given)."""
+    pattern = re.compile(rf"^{re.escape(name)}(?:\{{([^}}]*)\}})?\s+([0-9.e+-]+)$", re.M)
+    return sum(float(v) for labels, v in pattern.findall(metrics) if having in labels)
 
 
 def wait_until_dead(instance: Instance, timeout_s: float) -> int:
