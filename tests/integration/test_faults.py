@@ -113,6 +113,44 @@ async def test_a_process_killed_at_a_crash_point_loses_and_doubles_nothing(
     await wait_for_zero_lag(cluster)
 
 
+GRACE_PERIOD_S = 30
+"""What a deployment gives a pod between SIGTERM and SIGKILL (Kubernetes' default)."""
+
+
+@pytest.mark.parametrize("service", ["scorer", "router"])
+async def test_sigterm_mid_load_drains_within_the_grace_period_and_loses_no_lead(
+    cluster: Cluster, service: str
+) -> None:
+    """A rolling deploy: SIGTERM mid-load. In-flight requests are answered, consumers stop
+    after their batch, the relay flushes the outbox, and the process exits in time; the
+    replacement carries on and every accepted lead ends."""
+    load = Load()
+    leads = [lead_profile(f"sigterm{service}", i) for i in range(LEADS)]
+    sending = asyncio.create_task(
+        send_leads(cluster.url("scorer"), leads, concurrency=2, load=load)
+    )
+    await when_accepted(load, LEADS // 3)
+    stopping = cluster.instances[service]
+    asked = time.monotonic()
+    stopping.process.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(stopping.process.wait, GRACE_PERIOD_S + 30)
+    took = time.monotonic() - asked
+    events = [str(r.get("event")) for r in stopping.log_records()]
+    # uvicorn re-raises the SIGTERM it handled once shutdown is complete.
+    assert code in (0, -signal.SIGTERM), f"exit code {code}"
+    assert "Application shutdown complete." in events, "\n".join(events[-30:])
+    assert took < GRACE_PERIOD_S, f"{service} took {took:.1f} s to stop"
+    await asyncio.to_thread(cluster.restart, service)
+    restarted_at = time.monotonic()
+    await sending
+    assert not load.refused
+    assert set(load.server_errors) <= {503}, load.server_errors
+    settle(
+        await check_history(cluster, load, fault_at=restarted_at),
+        f"SIGTERM {service} ({took:.1f} s to stop)",
+    )
+
+
 async def recoveries(cluster: Cluster) -> dict[str, float]:
     async with httpx.AsyncClient(timeout=5) as client:
         return {
