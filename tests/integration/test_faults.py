@@ -25,6 +25,7 @@ from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy.ext.asyncio import AsyncEngine
 from support.chaos import (
     SERVICES,
+    SETTLE_TIMEOUT_S,
     Cluster,
     History,
     Load,
@@ -43,7 +44,7 @@ from handoff_schemas import TOPICS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600 if soak() else 420)]
 
-LEADS = 600 if soak() else 120
+LEADS = 600 if soak() else 90
 ROUNDS = 3 if soak() else 1
 GROUPS = ("handoff-scorer", "handoff-router", "handoff-feedback", "handoff-feedback-kpis")
 SUMMARY: list[str] = []
@@ -333,7 +334,9 @@ async def rewind_groups(bootstrap: str) -> int:
     return replayed
 
 
-async def settled_fingerprints(engine: AsyncEngine, timeout_s: float = 90) -> dict[str, str]:
+async def settled_fingerprints(
+    engine: AsyncEngine, timeout_s: float = SETTLE_TIMEOUT_S
+) -> dict[str, str]:
     """Table fingerprints once two readings 3 s apart agree (everything in flight applied)."""
     deadline = time.monotonic() + timeout_s
     last = await table_fingerprints(engine)
@@ -368,7 +371,7 @@ async def test_replaying_every_topic_from_offset_zero_changes_no_table(
     started = time.monotonic()
     # The restarted services consumed every record again and recognised each one.
     while (seen := await duplicates_seen(cluster)) < replayed:
-        assert time.monotonic() - started < 120, f"{seen:.0f} of {replayed} records replayed"
+        assert time.monotonic() - started < SETTLE_TIMEOUT_S, f"{seen:.0f} of {replayed} replayed"
         await asyncio.sleep(0.5)
     after = await settled_fingerprints(engine)
     changed = sorted(table for table in before if before[table] != after.get(table))
