@@ -9,9 +9,14 @@ unauthenticated caller learns nothing about which sources exist.
 Signed deliveries follow the Standard Webhooks spec (https://www.standardwebhooks.com/):
 `webhook-id`, `webhook-timestamp` (Unix seconds, within 5 minutes of now) and
 `webhook-signature` (`v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, several separated by
-spaces). Verification is done by the official `standardwebhooks` library. A source may list
-several secrets so a secret can be rotated without downtime: any one verifying is enough.
-A source configured with `"signed": false` (local use only) needs no signature headers.
+spaces). Verification is done by the official `standardwebhooks` library, over the body's
+bytes as sent. A source may list several secrets so a secret can be rotated without downtime:
+any one verifying is enough. A source configured with `"signed": false` (local use only) needs
+no signature headers.
+
+A delivery must be JSON (`content-type: application/json`, or a `+json` type, in UTF-8; a
+delivery naming no type is taken as JSON, as FastAPI takes it); another type gets 415 once
+the sender is authenticated.
 
 A route takes the verified delivery as a dependency and parses the body itself:
 
@@ -26,6 +31,9 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import Message
+from math import floor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -33,6 +41,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from standardwebhooks import Webhook, WebhookVerificationError
+from standardwebhooks.webhooks import hmac_data
 
 from .problems import DomainError
 
@@ -115,6 +124,14 @@ class PayloadTooLarge(DomainError):
     title = "Payload too large"
 
 
+class UnsupportedMediaType(DomainError):
+    """The request body is declared as something other than JSON in UTF-8."""
+
+    status = 415
+    type = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
 @dataclass(frozen=True)
 class Delivery:
     """A webhook delivery whose sender has been authenticated (or whose source is unsigned)."""
@@ -144,7 +161,8 @@ async def signed_delivery(request: Request) -> Delivery:
 
     Raises PayloadTooLarge (413) as soon as the declared or streamed size passes the limit,
     InvalidSignature (401) when the source is missing or unknown or the signature does not
-    verify, and a 422 for a delivery or idempotency id too long to store.
+    verify, UnsupportedMediaType (415) for a body declared as anything but JSON, and a 422 for
+    a delivery or idempotency id too long to store.
     """
     settings: ServiceSettings = request.app.state.runtime.settings
     # Counted by source in the intake metrics; an unknown name is not a label value.
@@ -172,6 +190,14 @@ async def signed_delivery(request: Request) -> Delivery:
     body = await _read_body(request, limit)
     if source.signed:
         _verify(source, body, {name: request.headers[name] for name in SIGNATURE_HEADERS})
+    # Checked once the sender is authenticated, so that an unauthenticated caller gets 401
+    # whatever it sends. A delivery that names no type is taken as JSON, as FastAPI takes it.
+    content_type = request.headers.get("content-type", "").strip()
+    if content_type and not is_json_media_type(content_type):
+        raise UnsupportedMediaType(
+            f"The body is declared as {content_type[:100]!r}; send application/json (UTF-8).",
+            accepted="application/json",
+        )
 
     delivery_id = request.headers.get(ID_HEADER) or None
     idempotency_key = request.headers.get(IDEMPOTENCY_KEY_HEADER) or None
@@ -198,20 +224,49 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def is_json_media_type(content_type: str) -> bool:
+    """Whether a `content-type` header declares JSON this service can read:
+    `application/json` or `application/<anything>+json`, with no charset or a UTF-8 one (JSON
+    is UTF-8; a body declared in another charset would be misread)."""
+    parsed = Message()
+    parsed["content-type"] = content_type
+    if parsed.get_content_maintype() != "application":
+        return False
+    subtype = parsed.get_content_subtype()
+    if subtype != "json" and not subtype.endswith("+json"):
+        return False
+    charset = parsed.get_param("charset")
+    return charset is None or (isinstance(charset, str) and charset.lower() in {"utf-8", "utf8"})
+
+
+class _BytesWebhook(Webhook):
+    """The library's verification (headers, timestamp tolerance, signature list, constant-time
+    comparison) applied to the body's bytes exactly as sent.
+
+    Standard Webhooks signs the raw body, but the Python library signs a `str` and encodes it
+    as strict UTF-8, so a body that is not UTF-8 could never verify and its sender would be
+    told its signature is wrong. The body is handed over decoded with `surrogateescape`,
+    and signing encodes it back the same way: the very bytes that were sent (for a UTF-8 body
+    the same bytes as the library's own encoding)."""
+
+    def sign(self, msg_id: str, timestamp: datetime, data: str) -> str:
+        """The library's `v1` signature of `msg_id.timestamp.data`, over the bytes sent."""
+        timestamp_str = str(floor(timestamp.replace(tzinfo=UTC).timestamp()))
+        to_sign = f"{msg_id}.{timestamp_str}.{data}".encode("utf-8", "surrogateescape")
+        signature = hmac_data(self._whsecret, to_sign)
+        return f"v1,{base64.b64encode(signature).decode('utf-8')}"
+
+
 def _verify(source: WebhookSource, body: bytes, headers: dict[str, str]) -> None:
-    # The library decodes the body as UTF-8 itself; decoding once here turns a non-UTF-8
-    # body into a 401 (it cannot have been signed by a Standard Webhooks sender) and spares
-    # a decode per secret.
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidSignature("The body is not UTF-8, so no sender can have signed it.") from None
+    # Decoded once for every secret; a body that is not UTF-8 still verifies when its sender
+    # signed it (and is then refused with 422 naming the body, by parse_body).
+    text = body.decode("utf-8", "surrogateescape")
     rejection = "No matching signature found"
     for secret in source.secrets:
         try:
             # json_parse=False: the library would otherwise json.loads the body, which
             # raises (or recurses without bound) on bodies parse_body is there to refuse.
-            Webhook(secret).verify(text, headers, json_parse=False)
+            _BytesWebhook(secret).verify(text, headers, json_parse=False)
             return
         except WebhookVerificationError as exc:
             # Timestamp errors are the same for every secret; only "no match" varies.
@@ -246,7 +301,8 @@ def parse_body(model: type[M], body: bytes) -> M:
 
     Raises RequestValidationError (rendered as the usual 422 problem+json) with locations
     starting at "body": a body that is not UTF-8 or not JSON names "body", JSON nested deeper
-    than MAX_JSON_DEPTH names "body", a field the model rejects names "body.<field path>".
+    than MAX_JSON_DEPTH names "body", a string holding the NUL character (U+0000) names
+    "body.<its path>", a field the model rejects names "body.<field path>".
     """
     try:
         text = body.decode("utf-8")
@@ -265,6 +321,19 @@ def parse_body(model: type[M], body: bytes) -> M:
         ) from None
     if _nesting_depth_exceeds(value, MAX_JSON_DEPTH):
         raise _too_deep()
+    # PostgreSQL text and jsonb cannot hold U+0000: such a string would fail at the insert,
+    # after validation, as a 500. Refused wherever it is, since any string may be stored.
+    if (nul := _first_nul_string(value)) is not None:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "string_nul_character",
+                    "loc": ("body", *nul),
+                    "msg": "String should not contain the NUL character (U+0000)",
+                    "input": {},
+                }
+            ]
+        )
     try:
         # Python-mode validation of the decoded JSON, as FastAPI validates a body model.
         return model.model_validate(value)
@@ -303,3 +372,24 @@ def _nesting_depth_exceeds(value: Any, limit: int) -> bool:
         children = node.values() if isinstance(node, dict) else node
         stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return False
+
+
+def _first_nul_string(value: Any) -> tuple[str | int, ...] | None:
+    """The path of a string (a value, or a key) holding U+0000, or None. The path of a key
+    ends in the key itself, its NUL written as `\\u0000`. Walked without recursion."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                return path
+        elif isinstance(node, dict):
+            for key in node:
+                if "\x00" in key:
+                    return (*path, key.replace("\x00", "\\u0000"))
+            stack.extend((child, (*path, key)) for key, child in reversed(node.items()))
+        elif isinstance(node, list):
+            stack.extend(
+                (child, (*path, index)) for index, child in reversed(list(enumerate(node)))
+            )
+    return None

@@ -4,8 +4,11 @@ consumption, crash recovery, dead-lettering, and the outbox relay's ordering gua
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,11 +18,13 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 from support.infra import Infra
 from support.kafka import produce, read_topic
+from support.waiting import wait_for
 
 from handoff_runtime.consumer import Consumer, ConsumerLoop, ConsumerSettings
 from handoff_runtime.db import Database, UnitOfWork
 from handoff_runtime.kafka import ensure_topics, make_consumer, make_producer
 from handoff_runtime.relay import OutboxRelay
+from handoff_runtime.settings import ServiceSettings
 from handoff_schemas import CloudEvent, LeadCreatedV1, LeadProfile, Topic, encode, new_event
 from handoff_schemas.catalogue import dead_letter_topic
 
@@ -42,7 +47,9 @@ class Rig:
     producer: AIOKafkaProducer
     relay: OutboxRelay
 
-    def loop(self, *, group: str | None = None, max_attempts: int = 3) -> ConsumerLoop:
+    def loop(
+        self, *, group: str | None = None, max_attempts: int = 3, retry_backoff_s: float = 0.01
+    ) -> ConsumerLoop:
         consumer = Consumer(group=group or self.service)
 
         @consumer.handles(LeadCreatedV1)
@@ -69,7 +76,7 @@ class Rig:
                 service=self.service,
                 max_records=100,
                 max_attempts=max_attempts,
-                retry_backoff_s=0.01,
+                retry_backoff_s=retry_backoff_s,
                 commit_timeout_s=5,
             ),
         )
@@ -207,42 +214,172 @@ async def test_crash_before_db_commit_leaves_nothing_and_redelivery_applies_once
     assert ids == {e.id for e in events}
 
 
-async def test_poison_messages_are_dead_lettered_and_the_partition_keeps_flowing(rig: Rig) -> None:
-    poison = lead_event(email="poison@acme.io")
-    good = lead_event()
-    key = b"same-lead"  # one key: all three land on one partition, in this order
-    await produce(
-        rig.infra.bootstrap,
-        rig.topic,
-        [(key, b"\xff not json"), (key, encode(poison)), (key, encode(good))],
-    )
-    loop = rig.loop(max_attempts=3)
-    relay = asyncio.create_task(rig.relay.run())
-    try:
-        await run_until(loop, lambda: _eq(rig.effect_count(), 1))
-        dlq = await read_topic(
-            rig.infra.bootstrap, dead_letter_topic(rig.service).name, until=2, timeout_s=20
-        )
-    finally:
-        relay.cancel()
-        await asyncio.gather(relay, return_exceptions=True)
+# The service defaults: every service retries a failing record this often, this fast.
+MAX_ATTEMPTS: int = ServiceSettings.model_fields["max_attempts"].default
+RETRY_BACKOFF_S: float = ServiceSettings.model_fields["retry_backoff_ms"].default / 1000
+NEXT_MESSAGE_WITHIN_S = 10
+"""How soon after a poison message the next message of its partition must be processed."""
 
-    assert len(dlq) == 2
-    headers = [{k: v.decode() for k, v in r.headers} for r in dlq]
-    values = [r.value for r in dlq]
-    assert values == [b"\xff not json", encode(poison)]
-    for h in headers:
-        assert h["dlq_original_topic"] == rig.topic
-        assert h["dlq_attempts"] == "3"
-        assert h["dlq_consumer_group"] == rig.service
-        assert int(h["dlq_original_offset"]) >= 0
-    assert headers[0]["dlq_original_partition"] == headers[1]["dlq_original_partition"]
-    assert "not a CloudEvents envelope" in headers[0]["dlq_error"]
-    assert "Boom" in headers[1]["dlq_error"]
-    assert poison.data.lead_id in headers[1]["dlq_error"]
+
+def _envelope(**fields: Any) -> bytes:
+    """A structurally valid CloudEvents envelope, changed by `fields`."""
+    lead_id = uuid.uuid4().hex
+    envelope: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": "/tests",
+        "type": "handoff.lead.created.v1",
+        "subject": lead_id,
+        "time": datetime.now(UTC).isoformat(),
+        "datacontenttype": "application/json",
+        "data": {
+            "lead_id": lead_id,
+            "received_at": datetime.now(UTC).isoformat(),
+            "lead": {"email": "ada@acme.io"},
+        },
+        **fields,
+    }
+    return json.dumps(envelope).encode()
+
+
+@dataclass(frozen=True)
+class Poison:
+    """A record no consumer can apply, and what its dead-letter record must say why."""
+
+    value: Callable[[], bytes]
+    cause: str
+
+
+POISONS = {
+    "malformed-bytes": Poison(lambda: b"\xff\x00not json", "not a CloudEvents envelope"),
+    "json-that-is-not-an-envelope": Poison(
+        lambda: json.dumps({"lead_id": "L-1", "email": "ada@acme.io"}).encode(),
+        "not a CloudEvents envelope: id: Field required",
+    ),
+    "envelope-whose-data-misses-fields": Poison(
+        lambda: _envelope(data={"lead_id": "L-2", "received_at": datetime.now(UTC).isoformat()}),
+        "invalid handoff.lead.created.v1 data: lead: Field required",
+    ),
+    "unknown-event-version": Poison(
+        lambda: _envelope(type="handoff.lead.created.v9"),
+        "unknown event type 'handoff.lead.created.v9'",
+    ),
+    "valid-event-its-handler-cannot-apply": Poison(
+        lambda: encode(lead_event(email="poison@acme.io")), "Boom: cannot process"
+    ),
+}
+
+
+@asynccontextmanager
+async def consuming(loop: ConsumerLoop, relay: OutboxRelay) -> AsyncIterator[None]:
+    """Run a consumer loop (admitted to its group before this yields) and an outbox relay."""
+    await loop.kafka.start()
+    tasks = [asyncio.create_task(loop.run()), asyncio.create_task(relay.run())]
+    try:
+        async with asyncio.timeout(30):
+            while not loop.joined:
+                assert not tasks[0].done(), tasks[0].exception()
+                await asyncio.sleep(0.05)
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await loop.kafka.stop()
+
+
+async def applied_leads(rig: Rig) -> list[str]:
     async with rig.db.engine.connect() as conn:
-        applied = (await conn.execute(sa.select(rig.effects.c.lead_id))).scalars().all()
+        return list((await conn.execute(sa.select(rig.effects.c.lead_id))).scalars())
+
+
+@pytest.mark.parametrize("poison", POISONS.values(), ids=POISONS.keys())
+async def test_a_poison_message_is_dead_lettered_and_the_next_one_on_its_partition_is_processed(
+    rig: Rig, poison: Poison
+) -> None:
+    """The loop retries every failure alike, `MAX_ATTEMPTS` times with backoff, even a
+    record that cannot be decoded and so could never succeed; then the record goes, as
+    received and with its own headers, to the dead-letter topic, and the valid message
+    produced right after it on the same partition is processed within 10 s."""
+    loop = rig.loop(max_attempts=MAX_ATTEMPTS, retry_backoff_s=RETRY_BACKOFF_S)
+    key = f"lead-{uuid.uuid4().hex[:8]}".encode()
+    value = poison.value()
+    good = lead_event()
+    async with consuming(loop, rig.relay):
+        bad = await rig.producer.send_and_wait(
+            rig.topic, value=value, key=key, headers=[("x-sync-run", b"crm-nightly-42")]
+        )
+        produced = time.monotonic()
+        after = await rig.producer.send_and_wait(rig.topic, value=encode(good), key=key)
+        applied = await wait_for(lambda: applied_leads(rig), timeout_s=2 * NEXT_MESSAGE_WITHIN_S)
+        latency = time.monotonic() - produced
+        dead = await read_topic(
+            rig.infra.bootstrap,
+            dead_letter_topic(rig.service).name,
+            until=1,
+            where=lambda r: r.key == key,
+        )
+
+    assert after.partition == bad.partition
+    assert after.offset > bad.offset
     assert applied == [good.data.lead_id]
+    assert latency < NEXT_MESSAGE_WITHIN_S, f"the next message took {latency:.1f} s"
+    assert len(dead) == 1
+    assert dead[0].value == value
+    headers = {k: v.decode() for k, v in dead[0].headers}
+    assert headers == {
+        "x-sync-run": "crm-nightly-42",
+        "dlq_original_topic": rig.topic,
+        "dlq_original_partition": str(bad.partition),
+        "dlq_original_offset": str(bad.offset),
+        "dlq_error": headers["dlq_error"],
+        "dlq_attempts": str(MAX_ATTEMPTS),
+        "dlq_consumer_group": rig.service,
+    }
+    assert poison.cause in headers["dlq_error"]
+    async with rig.db.engine.connect() as conn:
+        outcomes = (
+            await conn.execute(
+                sa.select(rig.db.tables.processed_events.c.outcome).where(
+                    rig.db.tables.processed_events.c.offset == bad.offset,
+                    rig.db.tables.processed_events.c.partition == bad.partition,
+                )
+            )
+        ).scalars()
+        assert list(outcomes) == ["dead_lettered"]
+
+
+async def test_poison_messages_in_a_row_hold_their_partition_up_for_seconds_at_most(
+    rig: Rig,
+) -> None:
+    """Every kind of poison back to back on one partition: each is dead-lettered in order
+    after its retries, and the valid message behind them all is still processed within
+    10 s of being produced."""
+    loop = rig.loop(max_attempts=MAX_ATTEMPTS, retry_backoff_s=RETRY_BACKOFF_S)
+    key = b"same-lead"
+    values = [poison.value() for poison in POISONS.values()]
+    good = lead_event()
+    async with consuming(loop, rig.relay):
+        for value in values:
+            await rig.producer.send(rig.topic, value=value, key=key)
+        produced = time.monotonic()
+        await rig.producer.send_and_wait(rig.topic, value=encode(good), key=key)
+        applied = await wait_for(lambda: applied_leads(rig), timeout_s=2 * NEXT_MESSAGE_WITHIN_S)
+        latency = time.monotonic() - produced
+        dead = await read_topic(
+            rig.infra.bootstrap,
+            dead_letter_topic(rig.service).name,
+            until=len(values),
+            where=lambda r: r.key == key,
+        )
+
+    assert applied == [good.data.lead_id]
+    assert latency < NEXT_MESSAGE_WITHIN_S, f"the next message took {latency:.1f} s"
+    assert [r.value for r in dead] == values
+    errors = [dict(r.headers)["dlq_error"].decode() for r in dead]
+    assert all(
+        poison.cause in error for poison, error in zip(POISONS.values(), errors, strict=True)
+    )
 
 
 async def test_relay_publishes_a_row_whose_transaction_commits_late(rig: Rig) -> None:

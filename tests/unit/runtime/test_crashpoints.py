@@ -69,4 +69,3 @@ def test_the_process_dies_by_sigkill_on_the_armed_hit_only() -> None:
     assert done.returncode == -signal.SIGKILL
     assert "survived the first hit" in done.stdout
     assert "survived the second hit" not in done.stdout
-

@@ -7,6 +7,8 @@ Svix or any Standard Webhooks implementation makes them.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -16,12 +18,22 @@ from typing import Annotated, Any
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel, Field, ValidationError
 from standardwebhooks import Webhook
 
 from handoff_runtime.problems import PROBLEM_JSON, TYPE_BASE, install_problem_handlers
 from handoff_runtime.settings import ServiceSettings
-from handoff_runtime.webhooks import Delivery, WebhookSource, parse_body, signed_delivery
+from handoff_runtime.webhooks import (
+    Delivery,
+    WebhookSource,
+    _BytesWebhook,
+    _first_nul_string,
+    is_json_media_type,
+    parse_body,
+    signed_delivery,
+)
 
 OLD_SECRET = "whsec_" + base64.b64encode(b"old secret of twenty-four").decode()
 NEW_SECRET = "whsec_" + base64.b64encode(b"new secret, rotated in, 32 bytes").decode()
@@ -234,6 +246,77 @@ async def test_after_rotation_the_old_secret_no_longer_verifies(
     assert_problem(response, 401, "invalid-signature")
 
 
+async def test_a_secret_verifies_until_it_is_removed_from_the_rotation() -> None:
+    """The rotation a sender goes through: only the old secret, then both (the sender still
+    signs with the old one), then only the new one: the old signature stops verifying."""
+    body = lead_body()
+    answers = []
+    for secrets in ([OLD_SECRET], [NEW_SECRET, OLD_SECRET], [NEW_SECRET]):
+        app = make_app({"hubspot": WebhookSource(secrets=secrets)})
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://handoff") as http:
+            response = await http.post(
+                "/v1/leads", content=body, headers=signed(body, secret=OLD_SECRET)
+            )
+            answers.append(response.status_code)
+    assert answers == [200, 200, 401]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON; charset=UTF-8",
+        "application/cloudevents+json",
+    ],
+)
+def test_json_media_types_are_accepted(content_type: str) -> None:
+    assert is_json_media_type(content_type)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/xml",
+        "application/jsonx",
+        "application/json; charset=latin-1",
+        "json",
+    ],
+)
+def test_other_media_types_are_not_json(content_type: str) -> None:
+    assert not is_json_media_type(content_type)
+
+
+async def test_a_signed_body_declared_as_another_type_is_a_415(
+    client: httpx.AsyncClient,
+) -> None:
+    body = lead_body()
+    headers = {**signed(body), "content-type": "text/plain"}
+    response = await client.post("/v1/leads", content=body, headers=headers)
+    problem = assert_problem(response, 415, "unsupported-media-type")
+    assert "text/plain" in problem["detail"]
+
+
+async def test_an_unauthenticated_body_of_another_type_is_still_a_401(
+    client: httpx.AsyncClient,
+) -> None:
+    body = lead_body()
+    headers = {**signed(body, secret=WRONG_SECRET), "content-type": "text/plain"}
+    response = await client.post("/v1/leads", content=body, headers=headers)
+    assert_problem(response, 401, "invalid-signature")
+
+
+async def test_an_unsigned_form_post_is_a_415(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/leads", data={"email": "ada@acme.io"}, headers={"webhook-source": "demo"}
+    )
+    assert_problem(response, 415, "unsupported-media-type")
+
+
 async def test_an_unsigned_source_needs_no_signature_headers(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/v1/leads",
@@ -324,11 +407,51 @@ async def test_a_body_at_the_limit_is_accepted(client: httpx.AsyncClient) -> Non
     assert response.status_code == 200, response.text
 
 
-async def test_a_non_utf8_body_from_a_signed_source_is_a_401(client: httpx.AsyncClient) -> None:
+def signed_bytes(
+    body: bytes, *, secret: str = NEW_SECRET, msg_id: str = "msg_2Xk9"
+) -> dict[str, str]:
+    """Standard Webhooks headers for `body` signed over its bytes, as the spec defines the
+    signature (and as senders whose bodies need not be text compute it)."""
+    at = int(datetime.now(UTC).timestamp())
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    digest = hmac.new(key, f"{msg_id}.{at}.".encode() + body, hashlib.sha256).digest()
+    return {
+        "webhook-source": "hubspot",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(at),
+        "webhook-signature": "v1," + base64.b64encode(digest).decode(),
+        "content-type": "application/json",
+    }
+
+
+async def test_a_signed_non_utf8_body_is_a_422_naming_the_body_not_a_401(
+    client: httpx.AsyncClient,
+) -> None:
     body = b'{"email": "\xff\xfe@acme.io"}'
-    response = await client.post("/v1/leads", content=body, headers=signed(body))
+    response = await client.post("/v1/leads", content=body, headers=signed_bytes(body))
+    problem = assert_problem(response, 422, "validation-error")
+    assert problem["errors"][0]["field"] == "body"
+    assert "UTF-8" in problem["errors"][0]["reason"]
+
+
+async def test_a_non_utf8_body_whose_signature_does_not_match_is_a_401(
+    client: httpx.AsyncClient,
+) -> None:
+    body = b'{"email": "\xff\xfe@acme.io"}'
+    headers = signed_bytes(body.replace(b"\xfe", b"\xfd"))
+    response = await client.post("/v1/leads", content=body, headers=headers)
     problem = assert_problem(response, 401, "invalid-signature")
-    assert "UTF-8" in problem["detail"]
+    assert "No matching signature" in problem["detail"]
+
+
+@given(st.text(), st.text(alphabet=st.characters(codec="ascii"), min_size=1))
+def test_signing_the_sent_bytes_agrees_with_the_library_for_every_text_body(
+    text: str, msg_id: str
+) -> None:
+    at = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
+    assert _BytesWebhook(NEW_SECRET).sign(msg_id, at, text) == Webhook(NEW_SECRET).sign(
+        msg_id, at, text
+    )
 
 
 async def test_a_non_utf8_body_from_an_unsigned_source_is_a_422(
@@ -403,6 +526,39 @@ async def test_json_nesting_is_allowed_up_to_32_levels(client: httpx.AsyncClient
         "reason": "JSON nested deeper than 32 levels",
         "type": "json_too_deep",
     }
+
+
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [
+        ({"name": "Ada\x00"}, ("name",)),
+        ({"attributes": {"tags": ["ok", "n\x00l"]}}, ("attributes", "tags", 1)),
+        ({"attributes": {"k\x00": 1}}, ("attributes", "k\\u0000")),
+        ([{"a": "x"}, {"b": "\x00"}], (1, "b")),
+        ("\x00", ()),
+        ({"name": "Ada", "tags": ["\\u0000 written out"], "n": 0}, None),
+    ],
+)
+def test_the_nul_character_is_found_wherever_it_is(
+    value: Any, path: tuple[str | int, ...] | None
+) -> None:
+    assert _first_nul_string(value) == path
+
+
+async def test_a_nul_character_is_a_422_naming_the_field_not_a_database_error(
+    client: httpx.AsyncClient,
+) -> None:
+    body = lead_body(name="Ada\u0000Lovelace", attributes={"x": ["fine", "also\u0000"]})
+    assert b"\\u0000" in body
+    response = await client.post("/v1/leads", content=body, headers=signed(body))
+    problem = assert_problem(response, 422, "validation-error")
+    assert problem["errors"] == [
+        {
+            "field": "body.name",
+            "reason": "String should not contain the NUL character (U+0000)",
+            "type": "string_nul_character",
+        }
+    ]
 
 
 @pytest.mark.parametrize(
