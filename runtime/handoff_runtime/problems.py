@@ -19,7 +19,11 @@ log = structlog.get_logger(__name__)
 
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
-    ConnectionError,
+    # Socket-level: refused, reset, or (on a Unix socket) the socket file gone while the
+    # server restarts, which surfaces as FileNotFoundError.
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.exceptions.InterfaceError,  # e.g. "connection is closed"
     sa_exc.DisconnectionError,
     sa_exc.TimeoutError,  # no pooled connection came free in time
     asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, crashed

@@ -27,6 +27,7 @@ def wrapped(cause: BaseException) -> BaseException:
         asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator"),
         asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"),
         ConnectionRefusedError(111, "Connection refused"),
+        FileNotFoundError(2, "No such file or directory: the server's Unix socket"),
         sa_exc.DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True),
         wrapped(ConnectionResetError(104, "reset by peer")),
     ],
