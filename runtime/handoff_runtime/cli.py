@@ -10,6 +10,10 @@ import uvicorn
 from .migrations import upgrade
 from .settings import ServiceSettings
 
+HTTP_DRAIN_S = 20
+"""On SIGTERM, how long requests in flight may take to finish before the service stops its
+consumers, relay and producer (deploy/k8s sizes its grace period with it)."""
+
 
 def main(service: str, settings_factory: Callable[[], ServiceSettings], app_factory: str) -> None:
     """Parse the command line and serve the app or apply migrations."""
@@ -29,5 +33,5 @@ def main(service: str, settings_factory: Callable[[], ServiceSettings], app_fact
         port=settings.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=20,
+        timeout_graceful_shutdown=HTTP_DRAIN_S,
     )

@@ -7,20 +7,21 @@ empty, and a call that waits forever would hang shutdown (see DESIGN.md).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Awaitable, Iterable
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import for_code
 
 from handoff_schemas import Topic
+from handoff_schemas.catalogue import BROKER_EPOCH
 
 log = structlog.get_logger(__name__)
 
-EPOCH_TOPIC = "handoff.broker-epoch"
+EPOCH_TOPIC = BROKER_EPOCH.name
 """Its first record names the broker's incarnation; a new one means the log was lost."""
 
 
@@ -82,8 +83,26 @@ def make_consumer(
     )
 
 
-async def ensure_topics(bootstrap: str, topics: Iterable[Topic], *, timeout_s: float = 30) -> None:
-    """Create the topics that do not exist yet, with their partitions and retention."""
+class TopicCreationError(RuntimeError):
+    """The broker refused to create topics (for another reason than that they exist)."""
+
+
+TOPIC_ALREADY_EXISTS = 36
+"""Kafka's error code for a topic created in the meantime (by another instance, say)."""
+
+
+async def ensure_topics(
+    bootstrap: str,
+    topics: Iterable[Topic],
+    *,
+    timeout_s: float = 30,
+    replication_factor: int = 1,
+) -> list[str]:
+    """Create the topics that do not exist yet, with their partitions and configs (retention,
+    cleanup policy), each partition on `replication_factor` brokers. Existing topics are left
+    as they are. Returns the names created; a topic another client created first counts as
+    there. Any other refusal raises TopicCreationError naming each topic and the reason (the
+    admin client reports them in the answer, it does not raise them)."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
     )
@@ -94,31 +113,53 @@ async def ensure_topics(bootstrap: str, topics: Iterable[Topic], *, timeout_s: f
             NewTopic(
                 name=t.name,
                 num_partitions=t.partitions,
-                replication_factor=1,
-                topic_configs={"retention.ms": str(t.retention_ms)},
+                replication_factor=replication_factor,
+                topic_configs=t.configs(),
             )
             for t in topics
             if t.name not in existing
         ]
-        if missing:
-            # another instance may have created them first
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await asyncio.wait_for(admin.create_topics(missing), timeout_s)
-            log.info("topics created", topics=[t.name for t in missing])
+        if not missing:
+            return []
+        answer = await asyncio.wait_for(admin.create_topics(missing), timeout_s)
+        errors = _creation_errors(answer)
+        refused = {
+            name: why for name, (code, why) in errors.items() if code != TOPIC_ALREADY_EXISTS
+        }
+        if refused:
+            raise TopicCreationError(
+                "the broker refused to create "
+                + "; ".join(f"{name}: {why}" for name, why in sorted(refused.items()))
+            )
+        created = [t.name for t in missing if t.name not in errors]
+        if created:
+            log.info("topics created", topics=created, replication_factor=replication_factor)
+        return created
     finally:
         await close_quietly(admin.close(), timeout_s=timeout_s, what="admin")
 
 
-async def broker_epoch(bootstrap: str, *, timeout_s: float) -> str:
+def _creation_errors(answer: Any) -> dict[str, tuple[int, str]]:
+    """The topics a CreateTopics answer reports an error for: name -> (code, reason)."""
+    errors: dict[str, tuple[int, str]] = {}
+    for entry in getattr(answer, "topic_errors", ()):
+        name, code = entry[0], int(entry[1])
+        if code == 0:
+            continue
+        message = entry[2] if len(entry) > 2 and entry[2] else None
+        error = for_code(code)
+        errors[name] = (code, f"{error.message} ({message or error.description})")
+    return errors
+
+
+async def broker_epoch(bootstrap: str, *, timeout_s: float, replication_factor: int = 1) -> str:
     """The broker's incarnation: the first record of the epoch topic, written if absent.
 
     Several services may race to write it on a fresh broker; all of them read back the
     record at offset 0, so they agree on one epoch.
     """
     await ensure_topics(
-        bootstrap,
-        [Topic(EPOCH_TOPIC, "Broker incarnation marker.", 1, ("services",), ("services",))],
-        timeout_s=timeout_s,
+        bootstrap, [BROKER_EPOCH], timeout_s=timeout_s, replication_factor=replication_factor
     )
     # A short first look: if it misses an existing record, the candidate written below loses
     # to it anyway, since everyone reads back offset 0.

@@ -75,7 +75,10 @@ class ServiceRuntime:
         s = self.settings
         crashpoints.arm(s.crash_at)
         await ensure_topics(
-            s.kafka_bootstrap_servers, [*TOPICS, *DEAD_LETTER_TOPICS], timeout_s=s.kafka_timeout_s
+            s.kafka_bootstrap_servers,
+            [*TOPICS, *DEAD_LETTER_TOPICS],
+            timeout_s=s.kafka_timeout_s,
+            replication_factor=s.kafka_replication_factor,
         )
         self.producer = make_producer(
             s.kafka_bootstrap_servers,
@@ -156,7 +159,11 @@ class ServiceRuntime:
         restart; consumers dedupe the repeats). Returns the epoch and whether it changed."""
         assert self.relay is not None
         s = self.settings
-        epoch = await broker_epoch(s.kafka_bootstrap_servers, timeout_s=s.kafka_timeout_s)
+        epoch = await broker_epoch(
+            s.kafka_bootstrap_servers,
+            timeout_s=s.kafka_timeout_s,
+            replication_factor=s.kafka_replication_factor,
+        )
         if epoch != self._epoch:
             # Before anything is re-published: the embedded broker acknowledges records sent
             # to a topic it has not created yet, and then loses them.
@@ -164,6 +171,7 @@ class ServiceRuntime:
                 s.kafka_bootstrap_servers,
                 [*TOPICS, *DEAD_LETTER_TOPICS],
                 timeout_s=s.kafka_timeout_s,
+                replication_factor=s.kafka_replication_factor,
             )
         table = self.db.tables.broker_epoch
         async with self.db.engine.begin() as conn:

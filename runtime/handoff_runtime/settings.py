@@ -1,8 +1,9 @@
 """Configuration shared by every service, read from environment variables.
 
-`DATABASE_URL`, `KAFKA_BOOTSTRAP_SERVERS` and `HANDOFF_ADMIN_TOKEN` are shared by all services
-and carry no per-service prefix (each names its variable in `validation_alias`); everything else
-is prefixed per service (`HANDOFF_SCORER_`, `HANDOFF_ROUTER_`, ...).
+`DATABASE_URL`, `KAFKA_BOOTSTRAP_SERVERS`, `KAFKA_REPLICATION_FACTOR` and `HANDOFF_ADMIN_TOKEN`
+are shared by all services and carry no per-service prefix (each names its variable in
+`validation_alias`); everything else is prefixed per service (`HANDOFF_SCORER_`,
+`HANDOFF_ROUTER_`, ...).
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ class ServiceSettings(BaseSettings):
         default="localhost:9092",
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS"),
         description="Comma-separated Kafka bootstrap servers.",
+    )
+    kafka_replication_factor: int = Field(
+        default=1,
+        ge=1,
+        validation_alias=AliasChoices("KAFKA_REPLICATION_FACTOR"),
+        description="Brokers each partition of a topic the service creates is kept on. "
+        "Topics are normally created beforehand (`python -m handoff_runtime.topics create`); "
+        "this applies to one a service finds missing at start-up.",
     )
     admin_token: SecretStr | None = Field(
         default=None,

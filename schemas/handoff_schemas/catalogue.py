@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -27,7 +28,12 @@ from .events import (
 
 @dataclass(frozen=True)
 class Topic:
-    """A Kafka topic: its name, partitions, retention and who writes and reads it."""
+    """A Kafka topic: its name, partitions, retention, cleanup policy and who writes and reads
+    it.
+
+    `partitions` is also the most members of one consumer group that get work: a group member
+    beyond it is assigned nothing (deploy/CAPACITY.md). `retention_ms` of -1 keeps records
+    for ever."""
 
     name: str
     description: str
@@ -36,6 +42,11 @@ class Topic:
     consumers: tuple[str, ...]
     retention_ms: int = 7 * 24 * 3600 * 1000
     key: str = "lead id"
+    cleanup_policy: Literal["delete", "compact", "compact,delete"] = "delete"
+
+    def configs(self) -> dict[str, str]:
+        """The topic-level Kafka configs it is created with."""
+        return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,20 @@ def dead_letter_topic(service: str) -> Topic:
 
 SERVICES = ("scorer", "router", "feedback")
 DEAD_LETTER_TOPICS: tuple[Topic, ...] = tuple(dead_letter_topic(s) for s in SERVICES)
+
+BROKER_EPOCH = Topic(
+    "handoff.broker-epoch",
+    "Internal: its first record names the broker's incarnation; a service that finds a "
+    "different one knows the broker lost its log. Kept for ever: were offset 0 deleted by "
+    "retention, no service could read the epoch and none would start.",
+    partitions=1,
+    producers=SERVICES,
+    consumers=SERVICES,
+    retention_ms=-1,
+    key="none",
+)
+INTERNAL_TOPICS: tuple[Topic, ...] = (BROKER_EPOCH,)
+"""Topics the runtime uses for itself: not event contracts, but created with the rest."""
 
 EVENTS: tuple[EventType, ...] = (
     EventType(

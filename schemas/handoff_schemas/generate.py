@@ -184,7 +184,10 @@ def _channel(topic: Topic) -> dict[str, Any]:
         "bindings": {
             "kafka": {
                 "partitions": topic.partitions,
-                "topicConfiguration": {"retention.ms": topic.retention_ms},
+                "topicConfiguration": {
+                    "cleanup.policy": topic.cleanup_policy.split(","),
+                    "retention.ms": topic.retention_ms,
+                },
                 "bindingVersion": KAFKA_BINDING_VERSION,
             },
         },
