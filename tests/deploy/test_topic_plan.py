@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from handoff_schemas import DEAD_LETTER_TOPICS, TOPICS, Topic
 from handoff_schemas.catalogue import BROKER_EPOCH, INTERNAL_TOPICS, SERVICES
 
 EVERY_TOPIC = (*TOPICS, *DEAD_LETTER_TOPICS, *INTERNAL_TOPICS)
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --- the plan is the catalogue ----------------------------------------------------------------
@@ -247,3 +250,18 @@ def test_create_without_wait_fails_on_an_unreachable_cluster(
     admin.unreachable_starts = 1
     assert topics.main(["create", "--bootstrap-servers", "nowhere:9092"]) == 1
     assert "cannot reach nowhere:9092" in capsys.readouterr().err
+
+
+def test_capacity_doc_states_the_catalogued_partitions() -> None:
+    text = (REPO / "deploy" / "CAPACITY.md").read_text()
+    stated = {
+        name: int(count)
+        for name, count in re.findall(r"^\| `(handoff\.[^`]+)` \| (\d+) \|", text, re.M)
+    }
+    for topic in (*TOPICS, *INTERNAL_TOPICS):
+        assert stated.get(topic.name) == topic.partitions, topic.name
+    for topic in DEAD_LETTER_TOPICS:
+        assert stated["handoff.dlq.<service>"] == topic.partitions
+    assert "## Throughput per replica" in text
+    assert "make bench" in text
+    assert "bench/RESULTS.md" in text
