@@ -2,7 +2,7 @@
 
 Webhook routes read their body themselves (the signature covers the raw bytes, and a body
 must be size-checked and authenticated before it is parsed), so FastAPI cannot infer their
-request schema: `json_body(model)` declares it, and `document_request_models(app)` adds the
+request schema: `json_body(model)` declares it, and `add_request_models(document)` adds the
 models to the OpenAPI components.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -68,21 +67,11 @@ def json_body(model: type[BaseModel], *, description: str = "") -> dict[str, Any
     }
 
 
-def document_request_models(app: FastAPI) -> None:
-    """Make the app's OpenAPI document include the models declared with `json_body`."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        document = build()
-        schemas = document.setdefault("components", {}).setdefault("schemas", {})
-        for name, model in _REQUEST_MODELS.items():
-            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            for def_name, definition in schema.pop("$defs", {}).items():
-                schemas.setdefault(def_name, definition)
-            schemas.setdefault(name, schema)
-        app.openapi_schema = document
-        return document
-
-    app.openapi = openapi  # type: ignore[method-assign]
+def add_request_models(document: dict[str, Any]) -> None:
+    """Put the models declared with `json_body` into an OpenAPI document's components."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for name, model in _REQUEST_MODELS.items():
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for def_name, definition in schema.pop("$defs", {}).items():
+            schemas.setdefault(def_name, definition)
+        schemas.setdefault(name, schema)

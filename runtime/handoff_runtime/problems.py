@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import asyncpg
@@ -102,6 +103,29 @@ def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(part) for part in loc)
 
 
+_HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+def _documented_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the app's OpenAPI document lists for `path` (HEAD wherever GET is)."""
+    templates: list[tuple[re.Pattern[str], list[str]]] | None = getattr(
+        app.state, "method_templates", None
+    )
+    if templates is None:
+        templates = []
+        for template, item in app.openapi().get("paths", {}).items():
+            pattern = "".join(
+                "[^/]+" if part.startswith("{") else re.escape(part)
+                for part in re.split(r"(\{[^}]+\})", template)
+            )
+            methods = [m.upper() for m in _HTTP_METHODS if m in item]
+            if "GET" in methods and "HEAD" not in methods:
+                methods.append("HEAD")
+            templates.append((re.compile(pattern), methods))
+        app.state.method_templates = templates
+    return sorted({m for pattern, methods in templates if pattern.fullmatch(path) for m in methods})
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Render validation errors, HTTP errors, domain errors and crashes as problem+json."""
 
@@ -142,8 +166,20 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # RFC 9110: a 405 names every method the path allows, not only those of the
+            # first route that matched it.
+            allowed = _documented_methods(app, request.url.path)
+            if allowed:
+                headers["Allow"] = ", ".join(allowed)
         return problem(
-            exc.status_code, f"http-{exc.status_code}", title, str(exc.detail), request.url.path
+            exc.status_code,
+            f"http-{exc.status_code}",
+            title,
+            str(exc.detail),
+            request.url.path,
+            headers=headers,
         )
 
     @app.exception_handler(Exception)
@@ -164,3 +200,62 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem(
             500, "internal-error", "Internal error", "The error was logged.", request.url.path
         )
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "An RFC 9457 problem: what went wrong, and for a request that is not "
+    "valid, every field at fault with the reason.",
+    "required": ["type", "title", "status", "detail", "instance"],
+    "properties": {
+        "type": {"type": "string", "format": "uri"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "reason"],
+                "properties": {
+                    "field": {"type": "string"},
+                    "reason": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
+def _problem_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+
+
+def document_problems(document: dict[str, Any]) -> None:
+    """Make an OpenAPI document say what the handlers above answer: a 422 is problem+json
+    (not FastAPI's default `HTTPValidationError`), every operation with a path parameter can
+    answer 404, since each one names a resource that may not exist, and every operation with
+    a body can answer 400 when the body cannot be read at all."""
+    components = document.setdefault("components", {}).setdefault("schemas", {})
+    components["Problem"] = PROBLEM_SCHEMA
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    for path_item in document.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.setdefault("responses", {})
+            if "422" in responses:
+                responses["422"] = _problem_response(
+                    responses["422"].get("description") or "The request is not valid"
+                )
+            has_path_parameter = any(
+                parameter.get("in") == "path" for parameter in operation.get("parameters", [])
+            )
+            if has_path_parameter and "404" not in responses:
+                responses["404"] = _problem_response("No such resource")
+            if "requestBody" in operation and "400" not in responses:
+                responses["400"] = _problem_response("The body could not be read")

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.dialects.postgresql import insert
 
@@ -22,13 +22,14 @@ from handoff_schemas import DEAD_LETTER_TOPICS, TOPICS
 from . import crashpoints
 from .consumer import Consumer, ConsumerLoop, ConsumerSettings
 from .db import Database
-from .intake import document_request_models
+from .intake import add_request_models
 from .kafka import broker_epoch, close_quietly, ensure_topics, make_consumer, make_producer
 from .logs import configure_logging
 from .metrics import BROKER_RECOVERIES, http_metrics_middleware, metrics_response
-from .problems import install_problem_handlers
+from .problems import document_problems, install_problem_handlers
 from .relay import OutboxRelay
 from .settings import ServiceSettings
+from .webhooks import refuse_nul_characters
 
 log = structlog.get_logger(__name__)
 
@@ -313,7 +314,13 @@ def create_service_app(
             await runtime.stop()
             log.info("service stopped")
 
-    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    app = FastAPI(
+        title=title,
+        description=description,
+        version=version,
+        lifespan=lifespan,
+        dependencies=[Depends(refuse_nul_characters)],
+    )
     app.state.runtime = runtime
     app.middleware("http")(http_metrics_middleware(settings.service_name))
     install_problem_handlers(app)
@@ -337,8 +344,24 @@ def create_service_app(
     app.include_router(ops)
     for router in routers:
         app.include_router(router)
-    document_request_models(app)
+    _complete_openapi(app)
     return app
+
+
+def _complete_openapi(app: FastAPI) -> None:
+    """Let the app's OpenAPI document describe what FastAPI cannot see: request bodies parsed
+    from raw JSON, and the problem+json answers of the shared error handlers."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = build()
+            add_request_models(document)
+            document_problems(document)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def runtime_of(request: Request) -> Any:

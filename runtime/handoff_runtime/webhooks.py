@@ -324,16 +324,7 @@ def parse_body(model: type[M], body: bytes) -> M:
     # PostgreSQL text and jsonb cannot hold U+0000: such a string would fail at the insert,
     # after validation, as a 500. Refused wherever it is, since any string may be stored.
     if (nul := _first_nul_string(value)) is not None:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "string_nul_character",
-                    "loc": ("body", *nul),
-                    "msg": "String should not contain the NUL character (U+0000)",
-                    "input": {},
-                }
-            ]
-        )
+        raise RequestValidationError([_nul_error(("body", *nul))])
     try:
         # Python-mode validation of the decoded JSON, as FastAPI validates a body model.
         return model.model_validate(value)
@@ -372,6 +363,42 @@ def _nesting_depth_exceeds(value: Any, limit: int) -> bool:
         children = node.values() if isinstance(node, dict) else node
         stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return False
+
+
+def _nul_error(loc: tuple[str | int, ...]) -> dict[str, Any]:
+    return {
+        "type": "string_nul_character",
+        "loc": loc,
+        "msg": "String should not contain the NUL character (U+0000)",
+        "input": {},
+    }
+
+
+async def refuse_nul_characters(request: Request) -> None:
+    """An app-wide dependency: refuse U+0000 in a path or query parameter, or anywhere in a
+    JSON body FastAPI parses, as a 422 naming where it is. PostgreSQL text and jsonb cannot
+    hold it, so it would otherwise fail at the insert or the query, as a 500. Raw-body routes
+    (signed webhooks) are left to `parse_body`, which checks after the signature."""
+    errors = [
+        _nul_error((where, key.replace("\x00", "\\u0000")))
+        for where, items in (
+            ("path", list(request.path_params.items())),
+            ("query", request.query_params.multi_items()),
+        )
+        for key, value in items
+        if "\x00" in key or "\x00" in str(value)
+    ]
+    if getattr(request.scope.get("route"), "body_field", None) is not None:
+        body = await request.body()  # cached: FastAPI parses the same bytes
+        if b"\\u0000" in body:
+            try:
+                value = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                value = None  # FastAPI's own validation reports the malformed body
+            if (nul := _first_nul_string(value)) is not None:
+                errors.append(_nul_error(("body", *nul)))
+    if errors:
+        raise RequestValidationError(errors)
 
 
 def _first_nul_string(value: Any) -> tuple[str | int, ...] | None:

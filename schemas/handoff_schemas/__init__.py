@@ -16,7 +16,7 @@ from .catalogue import (
     dead_letter_topic,
 )
 from .codec import InvalidEvent, decode, encode, new_event
-from .envelope import CONTENT_TYPE, CloudEvent, Instant, in_utc_range, utcnow
+from .envelope import CONTENT_TYPE, CloudEvent, Instant, in_utc_range, utcnow, written_as_text
 from .events import (
     WORKING_STATUSES,
     Activity,
@@ -83,4 +83,5 @@ __all__ = [
     "in_utc_range",
     "new_event",
     "utcnow",
+    "written_as_text",
 ]

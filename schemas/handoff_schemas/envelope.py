@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 DataT = TypeVar("DataT", bound=BaseModel)
 
@@ -28,7 +29,19 @@ def in_utc_range(value: datetime) -> datetime:
     return value
 
 
-Instant = Annotated[AwareDatetime, AfterValidator(in_utc_range)]
+_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def written_as_text(value: object) -> object:
+    """Refuse a number, or a string holding only a number, where a time is expected: pydantic
+    would read it as seconds since 1970, so `to=0.5` or `"occurred_at": 1700000000` would pass
+    as a time nobody meant. A time is RFC 3339 text (or a `datetime` built in code)."""
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError("a time must be an ISO 8601 date-time such as 2026-11-20T14:05:00Z")
+    return value
+
+
+Instant = Annotated[AwareDatetime, BeforeValidator(written_as_text), AfterValidator(in_utc_range)]
 """A time with a time zone (offset) that is representable in UTC."""
 
 

@@ -6,7 +6,7 @@ from datetime import date
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StrictInt
 
 from .envelope import Instant
 
@@ -49,6 +49,12 @@ class Activity(_Payload):
     occurred_at: Instant
 
 
+MAX_ACTIVITIES = 500
+"""The most activities a lead profile holds; merging keeps the latest."""
+MAX_TECHNOLOGIES = 100
+"""The most technologies a lead profile lists; merging keeps the latest reported."""
+
+
 class LeadProfile(_Payload):
     """What marketing knows about the person and their company."""
 
@@ -58,7 +64,7 @@ class LeadProfile(_Payload):
     domain: str | None = Field(default=None, max_length=253)
     title: str | None = Field(default=None, max_length=200)
     industry: str | None = Field(default=None, max_length=100)
-    employees: int | None = Field(default=None, ge=0, le=10_000_000)
+    employees: StrictInt | None = Field(default=None, ge=0, le=10_000_000)
     country: str | None = Field(
         default=None, min_length=2, max_length=2, description="ISO 3166-1 alpha-2."
     )
@@ -72,10 +78,10 @@ class LeadProfile(_Payload):
     product_interest: str | None = Field(
         default=None, max_length=100, description="The product the lead asked about."
     )
-    activities: list[Activity] = Field(default_factory=list, max_length=500)
+    activities: list[Activity] = Field(default_factory=list, max_length=MAX_ACTIVITIES)
     technologies: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
         default_factory=list,
-        max_length=100,
+        max_length=MAX_TECHNOLOGIES,
         description="Technologies the company uses (from enrichment or form), "
         "e.g. Kubernetes, Salesforce.",
     )

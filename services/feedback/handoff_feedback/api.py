@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictFloat
 
 from handoff_runtime.db import Database, UnitOfWork
 from handoff_runtime.intake import json_body, respond_once
@@ -59,7 +59,7 @@ class StatusChange(BaseModel):
         default=None, description="Required to disqualify, recycle or lose; `other` needs a note."
     )
     note: str | None = Field(default=None, max_length=2000)
-    amount: float | None = Field(
+    amount: StrictFloat | None = Field(
         default=None, ge=0, le=1e12, description="The amount won (only with status won)."
     )
     actor: str | None = Field(default=None, max_length=200, description="Who made the change.")

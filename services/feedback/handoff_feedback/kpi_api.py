@@ -13,11 +13,11 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from handoff_runtime.db import Database
 from handoff_runtime.service import database
-from handoff_schemas import in_utc_range
+from handoff_schemas import in_utc_range, written_as_text
 
 from .kpi_queries import KpiRepository
 from .kpis import REASON_KINDS, conversion_rates
@@ -31,7 +31,7 @@ def _utc_unless_zoned(value: datetime) -> datetime:
     return in_utc_range(value if value.tzinfo is not None else value.replace(tzinfo=UTC))
 
 
-Moment = Annotated[datetime, AfterValidator(_utc_unless_zoned)]
+Moment = Annotated[datetime, BeforeValidator(written_as_text), AfterValidator(_utc_unless_zoned)]
 """An ISO date (midnight UTC) or date-time (UTC unless it has an offset)."""
 
 FunnelGrouping = Literal["campaign", "source", "fit_grade", "team", "rep", "none"]

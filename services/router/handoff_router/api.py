@@ -13,6 +13,9 @@ from pydantic import (
     ConfigDict,
     EmailStr,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     model_validator,
 )
 
@@ -80,7 +83,7 @@ class TeamCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     manager_name: str | None = Field(default=None, max_length=200)
     manager_email: EmailStr | None = None
-    respect_working_hours: bool = Field(
+    respect_working_hours: StrictBool = Field(
         default=False, description="Route only to reps within their working hours."
     )
 
@@ -93,7 +96,7 @@ class TeamUpdate(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     manager_name: str | None = Field(default=None, max_length=200)
     manager_email: EmailStr | None = None
-    respect_working_hours: bool | None = None
+    respect_working_hours: StrictBool | None = None
     is_default: Literal[True] | None = Field(
         default=None, description="true makes this the fallback team for leads no rule matches."
     )
@@ -118,7 +121,9 @@ class WorkingHoursIn(BaseModel):
 
     start: time
     end: time
-    days: list[Annotated[int, Field(ge=1, le=7)]] = Field(default=[1, 2, 3, 4, 5], min_length=1)
+    days: list[Annotated[StrictInt, Field(ge=1, le=7)]] = Field(
+        default=[1, 2, 3, 4, 5], min_length=1
+    )
 
     @model_validator(mode="after")
     def _start_before_end(self) -> WorkingHoursIn:
@@ -159,7 +164,9 @@ class RepProfile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    daily_cap: int | None = Field(default=None, ge=0, le=10_000, description="New leads a day.")
+    daily_cap: StrictInt | None = Field(
+        default=None, ge=0, le=10_000, description="New leads a day."
+    )
     timezone: TimeZone = "UTC"
     working_hours: WorkingHoursIn | None = None
     out_of_office: list[OutOfOffice] = Field(default_factory=list, max_length=100)
@@ -175,9 +182,9 @@ class RepCreate(RepProfile):
     team_id: str = Field(min_length=1, max_length=64)
     name: str = Field(min_length=1, max_length=200)
     email: EmailStr
-    capacity: int = Field(ge=0, le=10_000)
-    weight: float = Field(default=1.0, gt=0, le=100)
-    active: bool = True
+    capacity: StrictInt = Field(ge=0, le=10_000)
+    weight: StrictFloat = Field(default=1.0, gt=0, le=100)
+    active: StrictBool = True
 
 
 class RepUpdate(BaseModel):
@@ -186,10 +193,10 @@ class RepUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    capacity: int | None = Field(default=None, ge=0, le=10_000)
-    weight: float | None = Field(default=None, gt=0, le=100)
-    active: bool | None = None
-    daily_cap: int | None = Field(default=None, ge=0, le=10_000)
+    capacity: StrictInt | None = Field(default=None, ge=0, le=10_000)
+    weight: StrictFloat | None = Field(default=None, gt=0, le=100)
+    active: StrictBool | None = None
+    daily_cap: StrictInt | None = Field(default=None, ge=0, le=10_000)
     timezone: TimeZone | None = None
     working_hours: WorkingHoursIn | None = None
     out_of_office: list[OutOfOffice] | None = Field(default=None, max_length=100)
@@ -340,7 +347,7 @@ async def update_team(team_id: str, body: TeamUpdate, db: Db) -> TeamPublic:
     """Change a team's name, manager or working-hours policy."""
     async with db.unit_of_work() as uow:
         team = await service.update_team(
-            uow, team_id, **body.model_dump(mode="json", exclude_unset=True)
+            uow, team_id, **body.model_dump(mode="json", include=body.model_fields_set)
         )
         public = TeamPublic.model_validate(team, from_attributes=True)
     return public
@@ -396,9 +403,10 @@ async def list_reps(db: Db) -> list[RepPublic]:
 async def update_rep(rep_id: str, body: RepUpdate, db: Db) -> RepPublic:
     """Change a rep's capacity, weight or availability; new room drains the backlog at once."""
     async with db.unit_of_work() as uow:
-        rep = await service.update_rep(
-            uow, rep_id, **body.model_dump(mode="json", exclude_unset=True)
-        )
+        # The fields the caller sent, each in full: `exclude_unset` would also drop the
+        # defaults inside a nested value (working hours sent without `days`).
+        sent = body.model_dump(mode="json", include=body.model_fields_set)
+        rep = await service.update_rep(uow, rep_id, **sent)
         public = _rep_public(rep)
     return public
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Path, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
@@ -278,6 +278,11 @@ class RescoreJobPublic(BaseModel):
     finished_at: datetime | None
 
 
+IcpVersionNumber = Annotated[
+    int, Path(ge=1, le=2**31 - 1, description="An ICP version, as `GET /v1/icp/versions` lists.")
+]
+
+
 @admin.post(
     "/icp/{version}/rescore",
     status_code=status.HTTP_202_ACCEPTED,
@@ -285,7 +290,7 @@ class RescoreJobPublic(BaseModel):
     tags=["icp"],
     summary="Re-score every scored lead with an ICP version",
 )
-async def rescore(version: int, db: Db) -> RescoreJobPublic:
+async def rescore(version: IcpVersionNumber, db: Db) -> RescoreJobPublic:
     """Start re-scoring in the background; leads whose grade changes are announced again
     with `lead.scored`. Follow progress at `GET /v1/rescore-jobs/{id}`."""
     async with db.unit_of_work() as uow:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from handoff_schemas import LeadProfile
+from handoff_schemas.events import MAX_ACTIVITIES, MAX_TECHNOLOGIES
 
 
 def normalise_email(email: str) -> str:
@@ -23,7 +24,8 @@ def normalise_email(email: str) -> str:
 def merge_profiles(known: LeadProfile, received: LeadProfile) -> LeadProfile:
     """The profile after `received` arrives for a person already `known`: received values
     replace known ones where given; activities (each once, oldest first) and technologies
-    (each once) accumulate."""
+    (each once) accumulate, up to the profile's limits: past them the oldest give way, so
+    a person heard from for years still has a valid profile."""
     updates = {
         field: value
         for field, value in received.model_dump(exclude={"activities", "technologies"}).items()
@@ -39,7 +41,11 @@ def merge_profiles(known: LeadProfile, received: LeadProfile) -> LeadProfile:
     ]
     activities.sort(key=lambda a: a.occurred_at)
     return known.model_copy(
-        update={**updates, "activities": activities, "technologies": technologies}
+        update={
+            **updates,
+            "activities": activities[-MAX_ACTIVITIES:],
+            "technologies": technologies[-MAX_TECHNOLOGIES:],
+        }
     )
 
 

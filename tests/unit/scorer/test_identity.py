@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from handoff_schemas import Activity, LeadProfile
+from handoff_schemas.events import MAX_ACTIVITIES, MAX_TECHNOLOGIES
 from handoff_scorer.identity import account_domain, merge_profiles, normalise_email
 
 FREE = ["gmail.com", "gmx.de"]
@@ -68,3 +69,24 @@ def test_company_domain_comes_from_the_domain_field_or_the_email() -> None:
 def test_free_mail_never_links_an_account() -> None:
     assert account_domain(profile(email="ada@gmail.com"), FREE) is None
     assert account_domain(profile(email="ada@mail.gmx.de"), FREE) is None
+
+
+def test_merging_past_the_profile_limits_keeps_the_latest_and_stays_valid() -> None:
+    known = profile(
+        technologies=[f"known-{i}" for i in range(MAX_TECHNOLOGIES)],
+        activities=[
+            {"type": "page_view", "occurred_at": datetime(2025, 1, 1, tzinfo=UTC) + timedelta(i)}
+            for i in range(MAX_ACTIVITIES)
+        ],
+    )
+    received = profile(
+        technologies=["fresh-1", "fresh-2"],
+        activities=[{"type": "demo_request", "occurred_at": T2}],
+    )
+    merged = LeadProfile.model_validate(merge_profiles(known, received).model_dump())
+    assert len(merged.technologies) == MAX_TECHNOLOGIES
+    assert merged.technologies[-2:] == ["fresh-1", "fresh-2"]
+    assert "known-0" not in merged.technologies
+    assert len(merged.activities) == MAX_ACTIVITIES
+    assert merged.activities[-1].type == "demo_request"
+    assert merged.activities[0].occurred_at == datetime(2025, 1, 2, tzinfo=UTC)
