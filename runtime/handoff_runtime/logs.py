@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
+import orjson
 import structlog
+
+
+def _dumps(event: Any, **_: Any) -> bytes:
+    return orjson.dumps(event, default=repr)
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:
@@ -20,10 +26,12 @@ def configure_logging(service: str, level: str = "INFO") -> None:
             *shared,
             lambda _, __, event: {"service": service, **event},
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            # orjson renders to bytes written straight to stderr: a consumed event logs a line,
+            # so the renderer is on every event's path.
+            structlog.processors.JSONRenderer(serializer=_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.BytesLoggerFactory(sys.stderr.buffer),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)

@@ -1,0 +1,106 @@
+"""Where Handoff's CPU goes under load: py-spy samples each service while the load generator
+saturates the intake, and the hottest functions are printed per service.
+
+    python bench/profile.py [--seconds 20] [--mode saturate|rate --rate 300]
+
+Writes bench/out/profile-<service>.svg (flame graphs) and bench/out/profile-<service>.txt
+(collapsed stacks). Sampling is `--nonblocking`, so the services run at full speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from run import OUT, Phase, fresh_infra, handoff, measure
+
+PY_SPY = Path(sys.executable).with_name("py-spy")
+
+
+def hottest(collapsed: Path, top: int) -> str:
+    """The functions with the most samples, on their own (self) and with callees (total)."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        frames = stack.split(";")
+        samples += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            total[frame] += n
+    if not samples:
+        return "  no samples"
+    lines = [f"  {samples} samples; self:"]
+    lines += [f"    {100 * n / samples:5.1f}%  {f}" for f, n in own.most_common(top)]
+    lines.append("  total (with callees), handoff code and libraries:")
+    interesting = [
+        (f, n) for f, n in total.most_common() if "site-packages" in f or "/handoff_" in f
+    ]
+    lines += [f"    {100 * n / samples:5.1f}%  {f}" for f, n in interesting[:top]]
+    return "\n".join(lines)
+
+
+def profile(args: argparse.Namespace) -> None:
+    phase = Phase(
+        "profile",
+        args.mode,
+        rate=args.rate,
+        duration_s=args.seconds + 4,
+        connections=args.connections,
+    )
+    OUT.mkdir(exist_ok=True)
+    with fresh_infra() as infra, handoff(infra) as running:
+        spies = []
+        for name, (pid,) in running.processes.items():
+            for fmt, suffix in (("flamegraph", "svg"), ("raw", "txt")):
+                spies.append(
+                    subprocess.Popen(
+                        [
+                            str(PY_SPY),
+                            "record",
+                            "--pid",
+                            str(pid),
+                            "--duration",
+                            str(int(args.seconds)),
+                            "--rate",
+                            "50",
+                            "--nonblocking",
+                            "--format",
+                            fmt,
+                            "--output",
+                            str(OUT / f"profile-{name}.{suffix}"),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                    )
+                )
+        outcome = asyncio.run(measure("handoff", running, infra, phase))
+        for spy in spies:
+            spy.wait()
+    figures = outcome.figures
+    print(
+        f"routed {figures['routed']} at {figures['throughput_per_s']}/s; "
+        f"cpu us/lead {figures['cpu_us_per_lead']}"
+    )
+    for name in running.processes:
+        print(f"\n{name}:\n{hottest(OUT / f'profile-{name}.txt', args.top)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--mode", choices=["saturate", "rate"], default="saturate")
+    parser.add_argument("--rate", type=float, default=300)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args()
+    profile(args)
+
+
+if __name__ == "__main__":
+    main()
