@@ -20,11 +20,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from pydantic import BaseModel
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
 from handoff_schemas import CloudEvent, InvalidEvent, decode
@@ -226,9 +227,17 @@ class ConsumerLoop:
                 },
             )
         table = uow.tables.processed_events
+        columns = ("event_key", "topic", "partition", "offset", "outcome")
+        types = (sa.Text, sa.Text, sa.Integer, sa.BigInteger, sa.Text)
+        # One statement text whatever the batch size (arrays, not a VALUES list per size), so
+        # the driver prepares it once.
+        arrays = [
+            sa.func.unnest(sa.literal([row[c] for row in rows.values()], ARRAY(t)))
+            for c, t in zip(columns, types, strict=True)
+        ]
         inserted = await uow.session.execute(
             insert(table)
-            .values(list(rows.values()))
+            .from_select([table.c[c] for c in columns], sa.select(*arrays))
             .on_conflict_do_nothing(index_elements=[table.c.event_key])
             .returning(table.c.event_key)
         )

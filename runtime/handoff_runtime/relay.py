@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 from aiokafka import AIOKafkaProducer
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import crashpoints
@@ -116,15 +117,26 @@ class OutboxRelay:
             acked = await self._send(rows)
             if acked:
                 crashpoints.reached("after_publish")
+                # `= ANY(array)`, not `IN (...)`: one statement text for any number of ids.
+                ids = sa.literal(acked, ARRAY(sa.BigInteger))
                 await conn.execute(
-                    outbox.update().where(outbox.c.id.in_(acked)).values(published_at=sa.func.now())
+                    outbox.update()
+                    .where(outbox.c.id == sa.any_(ids))
+                    .values(published_at=sa.func.now())
                 )
-            backlog = await conn.scalar(
-                sa.select(sa.func.count())
-                .select_from(outbox)
-                .where(outbox.c.published_at.is_(None))
-            )
-        OUTBOX_BACKLOG.labels(self.service).set(max(0, (backlog or 0) - len(acked)))
+            # A batch shorter than the limit took every unpublished row; only a full one
+            # leaves rows behind that need counting.
+            backlog = len(rows)
+            if len(rows) >= self.batch_size:
+                backlog = (
+                    await conn.scalar(
+                        sa.select(sa.func.count())
+                        .select_from(outbox)
+                        .where(outbox.c.published_at.is_(None))
+                    )
+                    or 0
+                )
+        OUTBOX_BACKLOG.labels(self.service).set(max(0, backlog - len(acked)))
         unacked = [r for r in rows if r.id not in set(acked)]
         oldest = (datetime.now(UTC) - unacked[0].created_at).total_seconds() if unacked else 0
         OUTBOX_OLDEST_AGE.labels(self.service).set(oldest)

@@ -25,7 +25,7 @@ from .db import Database
 from .intake import add_request_models
 from .kafka import broker_epoch, close_quietly, ensure_topics, make_consumer, make_producer
 from .logs import configure_logging
-from .metrics import BROKER_RECOVERIES, http_metrics_middleware, metrics_response
+from .metrics import BROKER_RECOVERIES, HttpMetrics, metrics_response
 from .problems import document_problems, install_problem_handlers
 from .relay import OutboxRelay
 from .settings import ServiceSettings
@@ -322,7 +322,7 @@ def create_service_app(
         dependencies=[Depends(refuse_nul_characters)],
     )
     app.state.runtime = runtime
-    app.middleware("http")(http_metrics_middleware(settings.service_name))
+    app.add_middleware(HttpMetrics, service=settings.service_name)
     install_problem_handlers(app)
 
     ops = APIRouter(tags=["operations"])
