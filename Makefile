@@ -42,9 +42,10 @@ run: install
 demo: install
 	$(PY) -m handoff_runtime.demo
 
-## Benchmarks (figures are reported here, never asserted in tests).
+## Benchmark: Handoff against a bare-infrastructure baseline in the same run (bench/run.py;
+## BENCH_ARGS="--runs 3" for medians). Figures are reported here, never asserted in tests.
 bench: install
-	$(PY) bench/intake_batch.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 ## Fault soak: every fault of tests/integration/test_faults.py with more leads and rounds,
 ## ending with a summary (accepted, ended, duplicated, lost, time to recover per fault).
