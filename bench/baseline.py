@@ -100,6 +100,11 @@ async def worker() -> None:
         group_id="bench-baseline",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        # The broker settings Handoff's consumers use: the embedded broker does not wake a
+        # waiting fetch, so the fetch wait is the floor on consume latency.
+        fetch_max_wait_ms=50,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
     )
     await producer.start()
     await consumer.start()
