@@ -9,9 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 from support.infra import Infra
-from support.system import System, admin_headers, running_system
-
-from handoff_scorer.scoring import load_demo_icp
+from support.system import System, admin_headers, publish_demo_icp, running_system
 
 LOCAL_SOURCE = "local"
 SIGNED_SOURCE = "hubspot"
@@ -34,12 +32,7 @@ def system(infra: Infra) -> Iterator[System]:
         HANDOFF_FEEDBACK_WEBHOOK_SOURCES=json.dumps(crm),
         HANDOFF_ROUTER_CAPACITY_CHECK_INTERVAL_S="0.5",
     ) as running:
-        icp = httpx.post(
-            f"{running.scorer}/v1/icp",
-            json=load_demo_icp().model_dump(mode="json"),
-            headers=admin_headers(),
-        )
-        assert icp.status_code == 201, icp.text
+        publish_demo_icp(running.scorer)
         yield running
 
 

@@ -22,9 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from support.infra import embedded_infra
-from support.system import ADMIN_TOKEN, System, admin_headers, running_system
-
-from handoff_scorer.scoring import load_demo_icp
+from support.system import ADMIN_TOKEN, System, admin_headers, publish_demo_icp, running_system
 
 pytestmark = pytest.mark.e2e
 
@@ -46,12 +44,7 @@ def fuzzed() -> Iterator[System]:
             HANDOFF_FEEDBACK_WEBHOOK_SOURCES=unsigned,
         ) as system,
     ):
-        icp = httpx.post(
-            f"{system.scorer}/v1/icp",
-            json=load_demo_icp().model_dump(mode="json"),
-            headers=admin_headers(),
-        )
-        assert icp.status_code == 201, icp.text
+        publish_demo_icp(system.scorer)
         yield system
 
 

@@ -8,8 +8,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import httpx
+
 from handoff_runtime.embedded import free_port
 from handoff_runtime.launcher import Stack
+from handoff_scorer.scoring import load_demo_icp
 
 from .infra import Infra
 
@@ -20,6 +23,14 @@ ADMIN_TOKEN = "adm_test-4c1f9b2e7a0d"
 def admin_headers(token: str = ADMIN_TOKEN) -> dict[str, str]:
     """The header an admin API call needs."""
     return {"authorization": f"Bearer {token}"}
+
+
+def publish_demo_icp(scorer: str) -> None:
+    """Publish the demo ICP on the scorer at `scorer` (leads are scored once one exists)."""
+    icp = httpx.post(
+        f"{scorer}/v1/icp", json=load_demo_icp().model_dump(mode="json"), headers=admin_headers()
+    )
+    assert icp.status_code == 201, icp.text
 
 
 @dataclass(frozen=True)
