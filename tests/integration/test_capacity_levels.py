@@ -231,3 +231,23 @@ async def test_headroom_counts_active_reps_only_and_a_release_shows_at_once(
             ),
         )
     assert await load_now() == (3, 0, 3, 0.0)
+
+
+async def test_only_reps_with_a_daily_cap_are_counted_and_the_cap_holds(db: Database) -> None:
+    team_id, (capped, free) = await new_team(db, "Daily cap", 10, 10)
+    async with db.unit_of_work() as uow:
+        await service.update_rep(uow, capped, daily_cap=2)
+    owners = [await route_to(db, team_id, f"daily-{uuid.uuid4().hex[:8]}") for _ in range(6)]
+    assert owners.count("assigned") == 6
+    async with db.unit_of_work() as uow:
+        today = await RouterRepository(uow.session).assigned_today(team_id)
+        rows = await uow.session.execute(
+            sa.text(
+                "SELECT rep_id, count(*) FROM router.assignments WHERE team_id = :team "
+                "GROUP BY rep_id"
+            ),
+            {"team": team_id},
+        )
+        per_rep = {rep_id: count for rep_id, count in rows}
+    assert today == {capped: 2}
+    assert per_rep == {capped: 2, free: 4}

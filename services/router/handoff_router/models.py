@@ -70,6 +70,7 @@ class Assignment(SQLModel, table=True):
             unique=True,
             postgresql_where=sa.text("active"),
         ),
+        sa.Index("assignments_rep_assigned_at", "rep_id", "assigned_at"),
         {"schema": SCHEMA},
     )
 

@@ -76,7 +76,9 @@ class RouterRepository:
         await self.session.flush()
 
     async def assigned_today(self, team_id: str) -> dict[str, int]:
-        """Per rep of the team: leads assigned since midnight in the rep's own time zone."""
+        """Per rep of the team with a daily cap: leads assigned since midnight in the rep's
+        own time zone (a rep without a cap is not counted: nothing depends on it, and the
+        count grows with every lead of the day)."""
         query = sa.text(
             """
             SELECT r.id, count(a.id)
@@ -85,7 +87,7 @@ class RouterRepository:
               ON a.rep_id = r.id
              AND a.assigned_at >= (date_trunc('day', now() AT TIME ZONE r.timezone)
                                    AT TIME ZONE r.timezone)
-            WHERE r.team_id = :team_id
+            WHERE r.team_id = :team_id AND r.daily_cap IS NOT NULL
             GROUP BY r.id
             """
         )
