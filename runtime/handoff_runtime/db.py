@@ -32,17 +32,12 @@ def async_url(url: str) -> str:
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """An asyncpg engine; JSON goes through orjson, the same encoder events use.
-
-    No pre-ping: with asyncpg it costs a transaction of its own (BEGIN, a ping, ROLLBACK) on
-    every checkout, several per lead. Disconnects are handled optimistically instead: the
-    first statement on a connection PostgreSQL dropped fails, SQLAlchemy invalidates the
-    whole pool, the request answers 503 (nothing stored) and a consumed batch is consumed
-    again, and both succeed on fresh connections."""
+    """An asyncpg engine; JSON goes through orjson, the same encoder events use."""
     return create_async_engine(
         async_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
+        pool_pre_ping=True,
         json_serializer=lambda v: orjson.dumps(v).decode(),
         json_deserializer=orjson.loads,
     )
