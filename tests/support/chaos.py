@@ -34,7 +34,7 @@ from standardwebhooks.webhooks import Webhook
 
 from handoff_runtime.db import create_engine
 from handoff_runtime.embedded import DATABASE, EmbeddedKafka, EmbeddedPostgres, free_port
-from handoff_schemas import LEAD_ROUTING, decode
+from handoff_schemas import DEAD_LETTER_TOPICS, LEAD_ROUTING, decode
 from handoff_scorer.scoring import load_demo_icp
 
 from .kafka import read_topic
@@ -363,9 +363,9 @@ async def _end_states(engine: AsyncEngine, lead_ids: list[str]) -> dict[str, str
             dead = await conn.execute(
                 sa.text(
                     f"SELECT DISTINCT key FROM {schema}.outbox "
-                    "WHERE topic LIKE '%.dlq' AND key = ANY(:ids)"
+                    "WHERE topic = ANY(:dead_letter_topics) AND key = ANY(:ids)"
                 ),
-                {"ids": lead_ids},
+                {"ids": lead_ids, "dead_letter_topics": [t.name for t in DEAD_LETTER_TOPICS]},
             )
             for (lead,) in dead.all():
                 states.setdefault(lead, "dead_lettered")
