@@ -174,7 +174,7 @@ class ConsumerLoop:
         started = time.perf_counter()
         async with self.db.unit_of_work() as uow:
             try:
-                async with uow.session.begin_nested():
+                async with uow.savepoint():
                     await self._apply_batch(uow, records)
             except Exception as exc:
                 log.info(
@@ -258,7 +258,7 @@ class ConsumerLoop:
                 ):
                     with attempt:
                         attempts = attempt.retry_state.attempt_number
-                        async with uow.session.begin_nested():
+                        async with uow.savepoint():
                             outcome = await self._apply(uow, record, key)
             except Exception as exc:  # bounded retries are spent: dead-letter it
                 error = exc
@@ -334,7 +334,7 @@ class ConsumerLoop:
         log.warning(
             "dead-lettering message", topic=record.topic, offset=record.offset, error=reason
         )
-        async with uow.session.begin_nested():
+        async with uow.savepoint():
             if not await self._record_processed(uow, record, key, "dead_lettered"):
                 return
             original = {k: v.decode(errors="replace") for k, v in (record.headers or ())}

@@ -72,6 +72,20 @@ class UnitOfWork:
         )
         return event
 
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A savepoint: if the block raises, its writes are rolled back, and so are the events
+        it staged and the after-commit callbacks it registered (a metric counted for work
+        that was undone would otherwise be counted again when the work is redone)."""
+        staged, callbacks = self.staged, len(self.after_commit)
+        try:
+            async with self.session.begin_nested():
+                yield
+        except BaseException:
+            self.staged = staged
+            del self.after_commit[callbacks:]
+            raise
+
     async def stage_record(
         self,
         *,

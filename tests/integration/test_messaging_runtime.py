@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from support.infra import Infra
 from support.kafka import produce, read_topic
 from support.waiting import wait_for
@@ -458,3 +458,41 @@ def _duplicates(service: str, topic: str) -> float:
         )
         or 0.0
     )
+
+
+async def test_work_undone_by_a_failed_batch_leaves_no_after_commit_callbacks_behind(
+    rig: Rig,
+) -> None:
+    """A batch with a failing record is applied again record by record; what the first,
+    rolled-back attempt registered to run after the commit (metrics) must not run twice."""
+    announced: list[str] = []
+    consumer = Consumer(group=rig.service)
+
+    @consumer.handles(LeadCreatedV1)
+    async def count_after_commit(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        uow.after_commit.append(lambda: announced.append(event.data.lead_id))
+        if str(event.data.lead.email).startswith("poison"):
+            raise Boom(f"cannot process {event.data.lead_id}")
+
+    consumer.subscribe_to(rig.topic)
+    loop = ConsumerLoop(
+        consumer,
+        None,  # process_batch never touches the broker
+        rig.db,
+        ConsumerSettings(
+            service=rig.service,
+            max_records=10,
+            max_attempts=2,
+            retry_backoff_s=0.01,
+            commit_timeout_s=5,
+        ),
+    )
+    events = [lead_event(), lead_event("poison@acme.io"), lead_event()]
+    records = [
+        ConsumerRecord(rig.topic, 0, offset, 0, 0, e.subject.encode(), encode(e), None, 0, 0, [])
+        for offset, e in enumerate(events)
+    ]
+
+    await loop.process_batch(records)
+
+    assert sorted(announced) == sorted([events[0].data.lead_id, events[2].data.lead_id])
