@@ -208,7 +208,7 @@ class ConsumerLoop:
                     outcome = await self._handle(uow, record)
                 else:
                     outcome = "duplicate"
-                self._observe(record, outcome, started)
+                self._observe(uow, record, key, traceparent, outcome, started)
 
     async def _claim(
         self, uow: UnitOfWork, keyed: list[tuple[ConsumerRecord[bytes, bytes], str, str | None]]
@@ -216,10 +216,11 @@ class ConsumerLoop:
         """Insert the processed marks of a batch; the dedupe keys that were new."""
         rows: dict[str, dict[str, Any]] = {}
         for record, key, _ in keyed:
+            dedupe_key = self.dedupe_key(key)
             rows.setdefault(
-                self.dedupe_key(key),
+                dedupe_key,
                 {
-                    "event_key": self.dedupe_key(key),
+                    "event_key": dedupe_key,
                     "topic": record.topic,
                     "partition": record.partition,
                     "offset": record.offset,
@@ -265,21 +266,35 @@ class ConsumerLoop:
             if error is not None:
                 await self._dead_letter(uow, record, key, error, attempts)
                 outcome = "dead_lettered"
-            self._observe(record, outcome, started)
+            self._observe(uow, record, key, traceparent, outcome, started)
 
-    def _observe(self, record: ConsumerRecord[bytes, bytes], outcome: str, started: float) -> None:
-        EVENTS_CONSUMED.labels(self.settings.service, record.topic, outcome).inc()
-        log.info(
-            "event consumed",
-            group=self.spec.group,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            outcome=outcome,
-        )
-        EVENT_PROCESSING.labels(self.settings.service, record.topic).observe(
-            time.perf_counter() - started
-        )
+    def _observe(
+        self,
+        uow: UnitOfWork,
+        record: ConsumerRecord[bytes, bytes],
+        key: str,
+        traceparent: str | None,
+        outcome: str,
+        started: float,
+    ) -> None:
+        """Count and log a record once its batch commits: a batch rolled back (or a fast
+        path rolled back to be applied record by record) counts nothing twice."""
+        seconds = time.perf_counter() - started
+
+        def observe() -> None:
+            EVENTS_CONSUMED.labels(self.settings.service, record.topic, outcome).inc()
+            EVENT_PROCESSING.labels(self.settings.service, record.topic).observe(seconds)
+            with _record_context(record, key, traceparent):
+                log.info(
+                    "event consumed",
+                    group=self.spec.group,
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    outcome=outcome,
+                )
+
+        uow.after_commit.append(observe)
 
     async def _apply(self, uow: UnitOfWork, record: ConsumerRecord[bytes, bytes], key: str) -> str:
         if not await self._record_processed(uow, record, key, "processed"):

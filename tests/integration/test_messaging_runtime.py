@@ -23,6 +23,7 @@ from support.waiting import wait_for
 from handoff_runtime.consumer import Consumer, ConsumerLoop, ConsumerSettings
 from handoff_runtime.db import Database, UnitOfWork
 from handoff_runtime.kafka import ensure_topics, make_consumer, make_producer
+from handoff_runtime.metrics import EVENTS_CONSUMED
 from handoff_runtime.relay import OutboxRelay
 from handoff_runtime.settings import ServiceSettings
 from handoff_schemas import CloudEvent, LeadCreatedV1, LeadProfile, Topic, encode, new_event
@@ -496,3 +497,8 @@ async def test_work_undone_by_a_failed_batch_leaves_no_after_commit_callbacks_be
     await loop.process_batch(records)
 
     assert sorted(announced) == sorted([events[0].data.lead_id, events[2].data.lead_id])
+    counted = {
+        outcome: EVENTS_CONSUMED.labels(rig.service, rig.topic, outcome)._value.get()
+        for outcome in ("processed", "dead_lettered")
+    }
+    assert counted == {"processed": 2, "dead_lettered": 1}
