@@ -8,6 +8,12 @@ acknowledged and skipped), a failing record is retried with backoff a bounded nu
 times and then staged for the dead-letter topic through the outbox, and offsets are
 committed only after the database commit. A crash anywhere in between re-delivers records
 whose effects are either absent (rolled back) or recorded (skipped): never lost, never doubled.
+
+A handler takes one event (`Consumer.handles`) or, to apply a batch set-based, a list of them
+(`Consumer.handles_batch`): consecutive events of its type in a batch are handed over
+together, so a set-based handler writes each table once per batch instead of once per event.
+After a failure the batch is applied again record by record, and a batch handler then gets
+lists of one.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ log = structlog.get_logger(__name__)
 
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
 Handler = Callable[[UnitOfWork, CloudEvent[Any]], Awaitable[None]]
+BatchHandler = Callable[[UnitOfWork, list[CloudEvent[Any]]], Awaitable[None]]
 
 
 @dataclass
@@ -55,6 +62,7 @@ class Consumer:
 
     group: str
     handlers: dict[str, Handler] = field(default_factory=dict)
+    batch_handlers: dict[str, BatchHandler] = field(default_factory=dict)
     topics: set[str] = field(default_factory=set)
 
     def handles(
@@ -70,6 +78,26 @@ class Consumer:
             fn: Callable[[UnitOfWork, CloudEvent[PayloadT]], Awaitable[None]],
         ) -> Callable[[UnitOfWork, CloudEvent[PayloadT]], Awaitable[None]]:
             self.handlers[entry.type] = fn
+            self.topics.update(entry.topics)
+            return fn
+
+        return register
+
+    def handles_batch(
+        self, payload: type[PayloadT]
+    ) -> Callable[
+        [Callable[[UnitOfWork, list[CloudEvent[PayloadT]]], Awaitable[None]]],
+        Callable[[UnitOfWork, list[CloudEvent[PayloadT]]], Awaitable[None]],
+    ]:
+        """Register a set-based handler for events whose data is `payload`: it gets the
+        consecutive events of that type in a batch, in order, and must apply each of them
+        exactly as one at a time would (it is also called with lists of one)."""
+        entry = event_type_of(payload)
+
+        def register(
+            fn: Callable[[UnitOfWork, list[CloudEvent[PayloadT]]], Awaitable[None]],
+        ) -> Callable[[UnitOfWork, list[CloudEvent[PayloadT]]], Awaitable[None]]:
+            self.batch_handlers[entry.type] = fn
             self.topics.update(entry.topics)
             return fn
 
@@ -193,22 +221,43 @@ class ConsumerLoop:
         self, uow: UnitOfWork, records: list[ConsumerRecord[bytes, bytes]]
     ) -> None:
         """Mark every record's event processed in one statement, then apply the ones that
-        were not already (a copy of an event later in the same batch is a duplicate)."""
+        were not already (a copy of an event later in the same batch is a duplicate).
+        Consecutive events for one batch handler are applied together."""
         keyed = [(record, *_event_key(record.value)) for record in records]
         fresh = await self._claim(uow, keyed)
+        run = _Run()
         halfway = len(records) // 2
         for index, (record, key, traceparent) in enumerate(keyed):
-            if index == halfway and index > 0:
+            if index == halfway and index > 0 and crashpoints.is_armed("mid_batch"):
+                await self._apply_run(uow, run)  # the first half, applied before the crash
                 crashpoints.reached("mid_batch")
+            dedupe_key = self.dedupe_key(key)
+            if dedupe_key not in fresh:
+                self._observe(uow, record, key, traceparent, "duplicate", time.perf_counter())
+                continue
+            fresh.discard(dedupe_key)
+            event = decode(record.value)
+            if event.type in self.spec.batch_handlers:
+                if run.events and run.events[0].type != event.type:
+                    await self._apply_run(uow, run)
+                run.add(record, key, traceparent, event)
+                continue
+            await self._apply_run(uow, run)
             started = time.perf_counter()
             with _record_context(record, key, traceparent):
-                dedupe_key = self.dedupe_key(key)
-                if dedupe_key in fresh:
-                    fresh.discard(dedupe_key)
-                    outcome = await self._handle(uow, record)
-                else:
-                    outcome = "duplicate"
+                outcome = await self._dispatch(uow, event)
                 self._observe(uow, record, key, traceparent, outcome, started)
+        await self._apply_run(uow, run)
+
+    async def _apply_run(self, uow: UnitOfWork, run: _Run) -> None:
+        """Hand consecutive events of one type to their batch handler, and empty `run`."""
+        if not run.events:
+            return
+        started = time.perf_counter()
+        await self.spec.batch_handlers[run.events[0].type](uow, run.events)
+        for record, key, traceparent in run.records:
+            self._observe(uow, record, key, traceparent, "processed", started)
+        run.clear()
 
     async def _claim(
         self, uow: UnitOfWork, keyed: list[tuple[ConsumerRecord[bytes, bytes], str, str | None]]
@@ -302,7 +351,12 @@ class ConsumerLoop:
         return await self._handle(uow, record)
 
     async def _handle(self, uow: UnitOfWork, record: ConsumerRecord[bytes, bytes]) -> str:
-        event = decode(record.value)
+        return await self._dispatch(uow, decode(record.value))
+
+    async def _dispatch(self, uow: UnitOfWork, event: CloudEvent[Any]) -> str:
+        if (batch_handler := self.spec.batch_handlers.get(event.type)) is not None:
+            await batch_handler(uow, [event])
+            return "processed"
         handler = self.spec.handlers.get(event.type)
         if handler is None:
             return "ignored"  # a valid event this service does not act on
@@ -353,7 +407,7 @@ class ConsumerLoop:
             if not await self._record_processed(uow, record, key, "dead_lettered"):
                 return
             original = {k: v.decode(errors="replace") for k, v in (record.headers or ())}
-            await uow.stage_record(
+            uow.stage_record(
                 topic=self.dlq_topic,
                 key=record.key.decode(errors="replace") if record.key else None,
                 value=record.value,
@@ -381,6 +435,30 @@ class ConsumerLoop:
         except Exception as exc:
             # Safe: the effects are committed and recorded; a re-delivery is skipped.
             log.warning("offset commit failed; records may be re-delivered", error=repr(exc))
+
+
+@dataclass
+class _Run:
+    """Consecutive fresh events of one type in a batch, waiting for their batch handler."""
+
+    records: list[tuple[ConsumerRecord[bytes, bytes], str, str | None]] = field(
+        default_factory=list
+    )
+    events: list[CloudEvent[Any]] = field(default_factory=list)
+
+    def add(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        key: str,
+        traceparent: str | None,
+        event: CloudEvent[Any],
+    ) -> None:
+        self.records.append((record, key, traceparent))
+        self.events.append(event)
+
+    def clear(self) -> None:
+        self.records.clear()
+        self.events.clear()
 
 
 class _JoinListener(ConsumerRebalanceListener):

@@ -72,3 +72,9 @@ def reached(point: str) -> None:
     if armed.hits >= armed.on_hit:
         log.warning("crash point reached: killing the process", point=point, hit=armed.hits)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def is_armed(point: str) -> bool:
+    """Whether `point` is the armed crash point (work before it may then need doing first,
+    for the crash to happen where the point says)."""
+    return _armed is not None and _armed.point == point

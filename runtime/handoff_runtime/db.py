@@ -31,8 +31,12 @@ def async_url(url: str) -> str:
     raise ValueError(f"not a PostgreSQL URL: {url.split('@')[-1]}")
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """An asyncpg engine; JSON goes through orjson, the same encoder events use."""
+def create_engine(
+    url: str, *, pool_size: int = 10, application_name: str = "handoff"
+) -> AsyncEngine:
+    """An asyncpg engine; JSON goes through orjson, the same encoder events use. Each
+    connection names its service (`application_name`), so `pg_stat_activity` and the
+    server's logs tell the services apart."""
     return create_async_engine(
         async_url(url),
         pool_size=pool_size,
@@ -40,6 +44,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_pre_ping=True,
         json_serializer=lambda v: orjson.dumps(v).decode(),
         json_deserializer=orjson.loads,
+        connect_args={"server_settings": {"application_name": application_name}},
     )
 
 
@@ -50,6 +55,10 @@ class UnitOfWork:
     Events are written to the service's outbox table in the same transaction, and the relay
     publishes them after the commit. Services never commit; the boundary that opened the
     unit of work (a route or a consumed batch) does.
+
+    Staged records are held in memory and written to the outbox in one statement at the end
+    of the innermost savepoint or of the transaction, so a consumed batch that announces a
+    hundred events writes its outbox rows once, in the order they were staged.
     """
 
     session: AsyncSession
@@ -57,13 +66,14 @@ class UnitOfWork:
     source: str
     staged: int = 0
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    _unwritten: list[dict[str, Any]] = field(default_factory=list)
 
     async def publish(self, data: BaseModel, *, topic: str, subject: str) -> CloudEvent[Any]:
         """Stage an event for `topic`, keyed by `subject` (the lead id)."""
         event = new_event(
             data, source=self.source, subject=subject, traceparent=current_traceparent()
         )
-        await self.stage_record(
+        self.stage_record(
             topic=topic,
             key=subject,
             value=encode(event),
@@ -77,16 +87,21 @@ class UnitOfWork:
         """A savepoint: if the block raises, its writes are rolled back, and so are the events
         it staged and the after-commit callbacks it registered (a metric counted for work
         that was undone would otherwise be counted again when the work is redone)."""
+        # What was staged before belongs to the enclosing scope: written now, so that a
+        # rollback of this savepoint cannot take it along.
+        await self.write_staged()
         staged, callbacks = self.staged, len(self.after_commit)
         try:
             async with self.session.begin_nested():
                 yield
+                await self.write_staged()
         except BaseException:
             self.staged = staged
+            self._unwritten.clear()
             del self.after_commit[callbacks:]
             raise
 
-    async def stage_record(
+    def stage_record(
         self,
         *,
         topic: str,
@@ -96,19 +111,24 @@ class UnitOfWork:
         event_id: str | None,
     ) -> None:
         """Stage a raw Kafka record (also used to dead-letter a message as it was)."""
-        await self.session.execute(
-            self.tables.outbox.insert().values(
-                event_id=event_id, topic=topic, key=key, value=value, headers=headers
-            )
+        self._unwritten.append(
+            {"event_id": event_id, "topic": topic, "key": key, "value": value, "headers": headers}
         )
         self.staged += 1
+
+    async def write_staged(self) -> None:
+        """Write the records staged so far to the outbox (one statement for all of them)."""
+        if not self._unwritten:
+            return
+        rows, self._unwritten = self._unwritten, []
+        await self.session.execute(self.tables.outbox.insert(), rows)
 
 
 class Database:
     """The service's engine, schema and outbox tables; hands out units of work."""
 
     def __init__(self, url: str, *, schema: str, source: str, pool_size: int = 10) -> None:
-        self.engine = create_engine(url, pool_size=pool_size)
+        self.engine = create_engine(url, pool_size=pool_size, application_name=f"handoff-{schema}")
         self.tables = RuntimeTables(schema)
         self.source = source
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -124,6 +144,7 @@ class Database:
         async with self._sessions() as session, session.begin():
             uow = UnitOfWork(session=session, tables=self.tables, source=self.source)
             yield uow
+            await uow.write_staged()
         if uow.staged:
             crashpoints.reached("after_db_commit")
             for listener in self._committed_listeners:

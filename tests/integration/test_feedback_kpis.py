@@ -27,6 +27,7 @@ The leads (created minutes after T0 = 2026-11-02 09:00 UTC; statuses seconds aft
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import time
@@ -52,6 +53,7 @@ from handoff_runtime.db import Database, async_url
 from handoff_runtime.migrations import upgrade
 from handoff_schemas import (
     WORKING_STATUSES,
+    CloudEvent,
     FitGrade,
     LeadAssignedV1,
     LeadCreatedV1,
@@ -635,12 +637,26 @@ def merge_story(lead: Lead) -> list[Record]:
     ]
 
 
+def grouped(events: list[CloudEvent[Any]], how: int) -> list[list[CloudEvent[Any]]]:
+    """`events` as the projection's batch handlers may get them: one at a time (0), in runs
+    of consecutive events of one type (1), or all events of a type together (2)."""
+    if how == 0:
+        return [[event] for event in events]
+    if how == 1:
+        return [list(run) for _, run in itertools.groupby(events, key=lambda e: e.type)]
+    by_type: dict[str, list[CloudEvent[Any]]] = {}
+    for event in events:
+        by_type.setdefault(event.type, []).append(event)
+    return list(by_type.values())
+
+
 async def test_any_delivery_order_of_a_leads_events_ends_in_the_same_read_model_row(
     stack: Stack,
 ) -> None:
     """The projection's handlers on a real database of their own, fed one lead's events in
-    30 random orders (as many leads): every order must end in the row and outcome of the
-    real order."""
+    30 random orders (as many leads), handed over one at a time, in runs of one type (as a
+    consumed batch hands them), or all of a type at once: every order and grouping must end
+    in the row and outcome of the real order."""
     url = make_url(stack.database_url).set(database="kpi_merge")
     server = create_async_engine(async_url(stack.database_url), isolation_level="AUTOCOMMIT")
     async with server.connect() as conn:
@@ -656,8 +672,8 @@ async def test_any_delivery_order_of_a_leads_events_ends_in_the_same_read_model_
             if n:
                 shuffler.shuffle(events)
             async with db.unit_of_work() as uow:
-                for event in events:
-                    await kpi_projection.handlers[event.type](uow, event)
+                for group in grouped(events, n % 3):
+                    await kpi_projection.batch_handlers[group[0].type](uow, group)
         async with db.engine.connect() as conn:
             rows = (
                 await conn.execute(

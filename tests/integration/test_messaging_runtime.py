@@ -502,3 +502,87 @@ async def test_work_undone_by_a_failed_batch_leaves_no_after_commit_callbacks_be
         for outcome in ("processed", "dead_lettered")
     }
     assert counted == {"processed": 2, "dead_lettered": 1}
+
+
+def batch_loop(rig: Rig, calls: list[list[str]]) -> ConsumerLoop:
+    """A loop whose only handler is set-based: it records the leads of each call, writes
+    their effects in one statement, announces each lead, and fails on a poison lead."""
+    consumer = Consumer(group=rig.service)
+
+    @consumer.handles_batch(LeadCreatedV1)
+    async def apply_all(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
+        calls.append([event.data.lead_id for event in events])
+        for event in events:
+            await uow.publish(event.data, topic=rig.topic, subject=event.data.lead_id)
+        await uow.session.execute(
+            rig.effects.insert(),
+            [{"event_id": event.id, "lead_id": event.data.lead_id} for event in events],
+        )
+        if any(str(event.data.lead.email).startswith("poison") for event in events):
+            raise Boom("cannot process a poison lead")
+
+    consumer.subscribe_to(rig.topic)
+    return ConsumerLoop(
+        consumer,
+        None,  # process_batch never touches the broker
+        rig.db,
+        ConsumerSettings(
+            service=rig.service,
+            max_records=10,
+            max_attempts=2,
+            retry_backoff_s=0.01,
+            commit_timeout_s=5,
+        ),
+    )
+
+
+def as_records(rig: Rig, events: list[CloudEvent[Any]]) -> list[ConsumerRecord[bytes, bytes]]:
+    return [
+        ConsumerRecord(rig.topic, 0, offset, 0, 0, e.subject.encode(), encode(e), None, 0, 0, [])
+        for offset, e in enumerate(events)
+    ]
+
+
+async def outbox_rows(rig: Rig) -> list[tuple[str, str | None]]:
+    """(topic, key) of every outbox row, in the order the relay publishes them."""
+    async with rig.db.engine.connect() as conn:
+        table = rig.db.tables.outbox
+        query = sa.select(table.c.topic, table.c.key).order_by(table.c.id)
+        return [(row.topic, row.key) for row in await conn.execute(query)]
+
+
+async def test_a_batch_handler_gets_a_batchs_fresh_events_in_one_call(rig: Rig) -> None:
+    """Consecutive events for a set-based handler are handed over together, in order, a
+    copy of an earlier event left out; their announcements reach the outbox in that order."""
+    calls: list[list[str]] = []
+    first, second, third = lead_event(), lead_event(), lead_event()
+
+    await batch_loop(rig, calls).process_batch(as_records(rig, [first, second, first, third]))
+
+    leads = [first.data.lead_id, second.data.lead_id, third.data.lead_id]
+    assert calls == [leads]
+    assert sorted(await applied_leads(rig)) == sorted(leads)
+    assert await outbox_rows(rig) == [(rig.topic, lead) for lead in leads]
+    counted = {
+        outcome: EVENTS_CONSUMED.labels(rig.service, rig.topic, outcome)._value.get()
+        for outcome in ("processed", "duplicate")
+    }
+    assert counted == {"processed": 3, "duplicate": 1}
+
+
+async def test_a_failing_batch_handler_is_called_again_one_event_at_a_time(rig: Rig) -> None:
+    """The set-based attempt fails as a whole and is rolled back with the events it staged;
+    then each event gets a call of its own, the poison one is dead-lettered, and the others
+    take effect and are announced once."""
+    calls: list[list[str]] = []
+    good, poison, other = lead_event(), lead_event("poison@acme.io"), lead_event()
+
+    await batch_loop(rig, calls).process_batch(as_records(rig, [good, poison, other]))
+
+    ids = [e.data.lead_id for e in (good, poison, other)]
+    assert calls == [ids, [ids[0]], [ids[1]], [ids[1]], [ids[2]]]
+    assert sorted(await applied_leads(rig)) == sorted([ids[0], ids[2]])
+    # in order: the first lead's announcement, the poison record for the dead-letter
+    # topic, the last lead's announcement; nothing from the rolled-back attempt
+    dlq = dead_letter_topic(rig.service).name
+    assert await outbox_rows(rig) == [(rig.topic, ids[0]), (dlq, ids[1]), (rig.topic, ids[2])]

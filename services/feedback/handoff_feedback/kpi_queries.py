@@ -11,12 +11,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .kpi_models import FUNNEL, SCHEMA, KpiLead, KpiOutcome
+from .kpi_models import FUNNEL, SCHEMA, KpiOutcome
 
 if TYPE_CHECKING:
     from .kpis import LeadFacts
-
-LEADS = KpiLead.__table__  # type: ignore[attr-defined]
 
 EARLIEST = ("created_at", "mql_at", "assigned_at", "touched_at", "sla_breached_at")
 """Times of firsts: the earliest reported wins."""
@@ -32,6 +30,110 @@ LATEST = {
     "rep_id": ("rep_at", "owned_at"),
 }
 """The current grade and owner: the value of the latest event that had one."""
+
+COLUMNS: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        [
+            "lead_id",
+            *EARLIEST,
+            "stage",
+            *(
+                c
+                for rules in (FIRST_KNOWN, LATEST)
+                for col, (at, _) in rules.items()
+                for c in (col, at)
+            ),
+        ]
+    )
+)
+"""The kpi_leads columns a merge writes, each once."""
+
+SQL_TYPES: Mapping[str, str] = {
+    **{c: "timestamptz" for c in COLUMNS if c in EARLIEST or c.endswith("_at")},
+    "stage": "int4",
+    "score": "float8",
+}
+"""Column types for the merge's arrays; text when not listed."""
+
+
+def fact_row(facts: LeadFacts) -> dict[str, Any]:
+    """The kpi_leads row that `facts` alone would make (None where they say nothing)."""
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row["lead_id"] = facts.lead_id
+    for column in EARLIEST:
+        row[column] = getattr(facts, column)
+    row["stage"] = None if facts.stage is None else int(facts.stage)
+    for rules in (FIRST_KNOWN, LATEST):
+        for column, (time_column, time_fact) in rules.items():
+            value, at = getattr(facts, column), getattr(facts, time_fact)
+            if value is not None and at is not None:
+                row[column], row[time_column] = value, at
+    return row
+
+
+def fold(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge row `new` into row `old` by the rules `MERGE` applies in PostgreSQL (ties keep
+    `old`), so that folding a lead's facts first and merging the result once ends in the
+    same row as merging them one by one."""
+    row = dict(old)
+    for column in EARLIEST:
+        row[column] = _least(old[column], new[column])
+    if new["stage"] is not None and (old["stage"] is None or new["stage"] > old["stage"]):
+        row["stage"] = new["stage"]
+    for column, (time_column, _) in FIRST_KNOWN.items():
+        if new[column] is not None and (old[column] is None or new[time_column] < old[time_column]):
+            row[column], row[time_column] = new[column], new[time_column]
+    for column, (time_column, _) in LATEST.items():
+        if new[column] is not None and (
+            old[time_column] is None or new[time_column] > old[time_column]
+        ):
+            row[column] = new[column]
+            row[time_column] = new[time_column]
+    return row
+
+
+def _least(a: Any, b: Any) -> Any:
+    """PostgreSQL's least(): the smaller of the two that are not null."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+def _merge_sql() -> sa.TextClause:
+    """The set-based merge: one row per lead from parallel arrays, inserted or merged into
+    the row already there. NULL means "nothing said" throughout."""
+    arrays = ", ".join(f"CAST(:{c} AS {SQL_TYPES.get(c, 'text')}[])" for c in COLUMNS)
+    selected = ", ".join("coalesce(stage, 0)" if c == "stage" else c for c in COLUMNS)
+    updates = [f"{c} = least(old.{c}, excluded.{c})" for c in EARLIEST]
+    updates.append("stage = greatest(old.stage, excluded.stage)")
+    for column, (at, _) in FIRST_KNOWN.items():
+        earlier = (
+            f"excluded.{column} IS NOT NULL AND (old.{column} IS NULL OR excluded.{at} < old.{at})"
+        )
+        updates.append(
+            f"{column} = CASE WHEN {earlier} THEN excluded.{column} ELSE old.{column} END"
+        )
+        updates.append(f"{at} = CASE WHEN {earlier} THEN excluded.{at} ELSE old.{at} END")
+    later_by_time: dict[str, list[str]] = {}
+    for column, (at, _) in LATEST.items():
+        later = f"excluded.{column} IS NOT NULL AND (old.{at} IS NULL OR excluded.{at} > old.{at})"
+        updates.append(f"{column} = CASE WHEN {later} THEN excluded.{column} ELSE old.{column} END")
+        later_by_time.setdefault(at, []).append(f"({later})")
+    for at, conditions in later_by_time.items():
+        updates.append(
+            f"{at} = CASE WHEN {' OR '.join(conditions)} THEN excluded.{at} ELSE old.{at} END"
+        )
+    return sa.text(
+        f"INSERT INTO {SCHEMA}.kpi_leads AS old ({', '.join(COLUMNS)})\n"
+        f"SELECT {selected} FROM unnest({arrays}) AS new({', '.join(COLUMNS)})\n"
+        f"ON CONFLICT (lead_id) DO UPDATE SET {', '.join(updates)}"
+    )
+
+
+MERGE = _merge_sql()
+
 
 LEAD_GROUPS: Mapping[str, str] = {
     "campaign": "l.campaign",
@@ -58,52 +160,31 @@ class KpiRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def merge(self, facts: LeadFacts) -> None:
-        """Insert the lead or merge the facts into its row, so that the row ends the same
+    async def merge(self, facts: Sequence[LeadFacts]) -> None:
+        """Insert each lead or merge its facts into its row, so that the row ends the same
         whatever order the facts come in: earliest firsts, furthest stage, first-touch
-        attribution, latest grade and owner. Facts that are None leave the row as it is."""
-        values: dict[str, Any] = {"lead_id": facts.lead_id}
-        for column in EARLIEST:
-            if getattr(facts, column) is not None:
-                values[column] = getattr(facts, column)
-        if facts.stage is not None:
-            values["stage"] = int(facts.stage)
-        for rules in (FIRST_KNOWN, LATEST):
-            for column, (time_column, time_fact) in rules.items():
-                value, at = getattr(facts, column), getattr(facts, time_fact)
-                if value is not None and at is not None:
-                    values[column], values[time_column] = value, at
-        stmt = insert(KpiLead).values(values)
-        new, old = stmt.excluded, LEADS.c
-        merged: dict[str, Any] = {}
-        for column in EARLIEST:
-            if column in values:
-                merged[column] = sa.func.least(old[column], new[column])
-        if "stage" in values:
-            merged["stage"] = sa.func.greatest(old.stage, new.stage)
-        for column, (time_column, _) in FIRST_KNOWN.items():
-            if column in values:
-                earlier = sa.or_(old[column].is_(None), new[time_column] < old[time_column])
-                merged[column] = sa.case((earlier, new[column]), else_=old[column])
-                merged[time_column] = sa.case((earlier, new[time_column]), else_=old[time_column])
-        for column, (time_column, _) in LATEST.items():
-            if column in values:
-                later = sa.or_(old[time_column].is_(None), new[time_column] > old[time_column])
-                merged[column] = sa.case((later, new[column]), else_=old[column])
-                merged[time_column] = sa.case((later, new[time_column]), else_=old[time_column])
-        if merged:
-            await self.session.execute(
-                stmt.on_conflict_do_update(index_elements=[old.lead_id], set_=merged)
-            )
-        else:
-            await self.session.execute(stmt.on_conflict_do_nothing())
+        attribution, latest grade and owner. Facts that are None leave the row as it is.
 
-    async def record_outcome(self, outcome: KpiOutcome) -> None:
-        """Keep an outcome once per reporting event."""
-        row = outcome.model_dump()
-        await self.session.execute(
-            insert(KpiOutcome).values(row).on_conflict_do_nothing(index_elements=["event_id"])
-        )
+        The facts of one lead are folded in memory first (`fold`, the same rules), so a
+        batch costs one statement whatever its size."""
+        folded: dict[str, dict[str, Any]] = {}
+        for fact in facts:
+            row = fact_row(fact)
+            known = folded.get(fact.lead_id)
+            folded[fact.lead_id] = row if known is None else fold(known, row)
+        if not folded:
+            return
+        # Rows in key order: concurrent batches lock the leads they share in the same order.
+        rows = [folded[lead_id] for lead_id in sorted(folded)]
+        await self.session.execute(MERGE, {c: [row[c] for row in rows] for c in COLUMNS})
+
+    async def record_outcomes(self, outcomes: Sequence[KpiOutcome]) -> None:
+        """Keep each outcome once per reporting event."""
+        if outcomes:
+            await self.session.execute(
+                insert(KpiOutcome).on_conflict_do_nothing(index_elements=["event_id"]),
+                [outcome.model_dump() for outcome in outcomes],
+            )
 
     async def funnel(
         self, group_by: str, created_from: datetime | None, created_to: datetime | None

@@ -205,44 +205,47 @@ Nurture requests are not handled: a router nurture is not an MQL, and a nurture 
 follows a recycled status, which is counted from lead.status."""
 
 
-@kpi_projection.handles(LeadCreatedV1)
-async def project_created(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
-    """Count the lead and attribute it to its first campaign and source."""
-    await KpiRepository(uow.session).merge(created_facts(event.data))
+# Set-based: each handler gets the consecutive events of its type in a consumed batch, and
+# merges all their facts in one statement.
 
 
-@kpi_projection.handles(LeadScoredV1)
-async def project_scored(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
-    """Keep the lead's latest fit grade."""
-    await KpiRepository(uow.session).merge(scored_facts(event.data))
+@kpi_projection.handles_batch(LeadCreatedV1)
+async def project_created(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
+    """Count the leads and attribute each to its first campaign and source."""
+    await KpiRepository(uow.session).merge([created_facts(e.data) for e in events])
 
 
-@kpi_projection.handles(LeadAssignedV1)
-async def project_assigned(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
-    """The lead reached sales and a rep."""
-    await KpiRepository(uow.session).merge(assigned_facts(event.data))
+@kpi_projection.handles_batch(LeadScoredV1)
+async def project_scored(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
+    """Keep each lead's latest fit grade."""
+    await KpiRepository(uow.session).merge([scored_facts(e.data) for e in events])
 
 
-@kpi_projection.handles(LeadQueuedV1)
-async def project_queued(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
-    """The lead reached sales and waits for a rep."""
-    await KpiRepository(uow.session).merge(queued_facts(event.data))
+@kpi_projection.handles_batch(LeadAssignedV1)
+async def project_assigned(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
+    """The leads reached sales and a rep."""
+    await KpiRepository(uow.session).merge([assigned_facts(e.data) for e in events])
 
 
-@kpi_projection.handles(LeadSlaBreachedV1)
-async def project_sla_breach(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
-    """The lead missed its first-touch SLA."""
-    await KpiRepository(uow.session).merge(breach_facts(event.data))
+@kpi_projection.handles_batch(LeadQueuedV1)
+async def project_queued(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
+    """The leads reached sales and wait for a rep."""
+    await KpiRepository(uow.session).merge([queued_facts(e.data) for e in events])
 
 
-@kpi_projection.handles(LeadStatusChangedV1)
-async def project_status(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
-    """Sales moved the lead: its stage, first touch, owner, and any outcome."""
+@kpi_projection.handles_batch(LeadSlaBreachedV1)
+async def project_sla_breach(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
+    """The leads missed their first-touch SLA."""
+    await KpiRepository(uow.session).merge([breach_facts(e.data) for e in events])
+
+
+@kpi_projection.handles_batch(LeadStatusChangedV1)
+async def project_status(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
+    """Sales moved the leads: their stage, first touch, owner, and any outcome."""
     repo = KpiRepository(uow.session)
-    await repo.merge(status_facts(event.data))
-    outcome = outcome_of(event.id, event.data)
-    if outcome is not None:
-        await repo.record_outcome(outcome)
+    await repo.merge([status_facts(e.data) for e in events])
+    outcomes = [outcome_of(e.id, e.data) for e in events]
+    await repo.record_outcomes([o for o in outcomes if o is not None])
 
 
 kpi_projection.subscribe_to(

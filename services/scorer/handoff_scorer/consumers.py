@@ -22,10 +22,10 @@ from . import service
 leads = Consumer(group="scorer")
 
 
-@leads.handles(LeadCreatedV1)
-async def score_lead(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
-    """Score a new lead against the current ICP, or record new engagement of a known one."""
-    await service.score_created_lead(uow, event.data)
+@leads.handles_batch(LeadCreatedV1)
+async def score_leads(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
+    """Score new leads against the current ICP, or record new engagement of known ones."""
+    await service.score_created_leads(uow, [event.data for event in events])
 
 
 @leads.handles(LeadStatusChangedV1)

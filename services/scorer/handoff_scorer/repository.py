@@ -27,6 +27,20 @@ class ScorerRepository:
             query = query.with_for_update()
         return (await self.session.execute(query)).scalars().first()
 
+    async def get_leads(
+        self, lead_ids: Sequence[str], *, for_update: bool = False
+    ) -> dict[str, Lead]:
+        """The leads with these ids (those that exist), by id; locked in id order if asked."""
+        query = (
+            select(Lead)
+            .where(col(Lead.id).in_(sorted(set(lead_ids))))
+            .order_by(col(Lead.id))
+            .execution_options(populate_existing=True)
+        )
+        if for_update:
+            query = query.with_for_update()
+        return {lead.id: lead for lead in (await self.session.execute(query)).scalars()}
+
     async def get_lead_by_email(self, email: str, *, for_update: bool = False) -> Lead | None:
         """The lead of the person with this (normalised) email."""
         query = select(Lead).where(Lead.email == email).execution_options(populate_existing=True)

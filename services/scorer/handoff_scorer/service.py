@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
@@ -83,10 +84,14 @@ async def _lead_for(
     return lead, False
 
 
-async def score_created_lead(uow: UnitOfWork, created: LeadCreatedV1) -> LeadScoredV1 | None:
-    """Score a lead against the current ICP, record the score and its explanation, and
-    announce `lead.scored`. A lead put on the topic by another producer is stored first (or
-    merged into the lead already known for its email, whose id the score then carries).
+async def score_created_leads(
+    uow: UnitOfWork, batch: Sequence[LeadCreatedV1]
+) -> list[LeadScoredV1 | None]:
+    """Score leads against the current ICP, record each score and its explanation, and
+    announce `lead.scored`, in order, as if one at a time (the ICP is read and the known
+    leads are locked once for the batch). A lead put on the topic by another producer is
+    stored first (or merged into the lead already known for its email, whose id the score
+    then carries).
 
     New engagement from a lead sales has closed is recorded (merged and scored) but not
     announced, unless the lead was nurtured and its re-qualify date has come (UTC): then it
@@ -95,32 +100,43 @@ async def score_created_lead(uow: UnitOfWork, created: LeadCreatedV1) -> LeadSco
     icp_row = await repo.current_icp()
     if icp_row is None:
         raise NoIcpPublished("publish an ICP (POST /v1/icp) before leads can be scored")
-    lead = await repo.get_lead(created.lead_id, for_update=True)
-    if lead is None:
-        lead, _ = await _lead_for(
-            uow, created.lead_id, created.lead, received_at=created.received_at
-        )
-    else:
-        merged = merge_profiles(LeadProfile.model_validate(lead.profile), created.lead)
-        lead.profile = merged.model_dump(mode="json")
+    icp = IcpDocument.model_validate(icp_row.document)
+    known = await repo.get_leads([created.lead_id for created in batch], for_update=True)
+    scored: list[LeadScoredV1 | None] = []
+    for created in batch:
+        lead = known.get(created.lead_id)
+        if lead is None:
+            lead, _ = await _lead_for(
+                uow, created.lead_id, created.lead, received_at=created.received_at
+            )
+            known[created.lead_id] = lead
+        else:
+            merged = merge_profiles(LeadProfile.model_validate(lead.profile), created.lead)
+            lead.profile = merged.model_dump(mode="json")
+        scored.append(await _score_created(uow, lead, icp_row, icp))
+    return scored
+
+
+async def _score_created(
+    uow: UnitOfWork, lead: Lead, icp_row: IcpVersion, icp: IcpDocument
+) -> LeadScoredV1 | None:
     if lead.outcome is None:
-        return await _score(uow, lead, icp_row, announce="always")
+        return await _score(uow, lead, icp_row, icp, announce="always")
     if should_requalify(lead.outcome, lead.requalify_on, utcnow().date()):
         lead.cycle += 1
         lead.outcome = None
         lead.requalify_on = None
-        return await _score(uow, lead, icp_row, announce="always")
-    return await _score(uow, lead, icp_row, announce="never")
+        return await _score(uow, lead, icp_row, icp, announce="always")
+    return await _score(uow, lead, icp_row, icp, announce="never")
 
 
 async def _score(
-    uow: UnitOfWork, lead: Lead, icp_row: IcpVersion, *, announce: Announce
+    uow: UnitOfWork, lead: Lead, icp_row: IcpVersion, icp: IcpDocument, *, announce: Announce
 ) -> LeadScoredV1 | None:
     """Score `lead` with `icp_row`, record it, and publish `lead.scored` (carrying the lead's
     sales cycle) — always, only when the grade changed (`announce="grade_changed"`, for
     re-scoring), or never (`announce="never"`, for a lead sales has closed)."""
     profile = LeadProfile.model_validate(lead.profile)
-    icp = IcpDocument.model_validate(icp_row.document)
     now = utcnow()
     result = score_lead(profile, icp, now=now)
     domain = account_domain(profile, icp.disqualifiers.free_mail_domains)
@@ -219,9 +235,10 @@ async def rescore_next_batch(uow: UnitOfWork, *, batch_size: int) -> RescoreJob 
         return None
     icp_row = await repo.icp_version(job.icp_version)
     assert icp_row is not None
+    icp = IcpDocument.model_validate(icp_row.document)
     leads = await repo.scored_leads_after(job.cursor, limit=batch_size)
     for lead in leads:
-        if await _score(uow, lead, icp_row, announce="grade_changed") is not None:
+        if await _score(uow, lead, icp_row, icp, announce="grade_changed") is not None:
             job.changed += 1
     job.done += len(leads)
     if leads:
