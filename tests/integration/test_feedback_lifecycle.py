@@ -13,6 +13,7 @@ broker, fed routing events on Kafka and status reports over signed HTTP.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import uuid
@@ -33,16 +34,20 @@ from support.processes import running_instances
 from support.waiting import wait_for
 
 from handoff_feedback import service
+from handoff_feedback.consumers import lifecycle_consumer
 from handoff_feedback.lifecycle import TRANSITIONS, Policy, Reason, Report
+from handoff_feedback.service import Sighting
 from handoff_runtime.db import Database
 from handoff_schemas import (
     LEAD_CREATED,
     LEAD_ROUTING,
     LEAD_STATUS,
+    CloudEvent,
     FitGrade,
     LeadAssignedV1,
     LeadCreatedV1,
     LeadProfile,
+    LeadScoredV1,
     LeadStatus,
     RoutingDecision,
     decode,
@@ -328,11 +333,11 @@ ASSIGNMENT = "assignment"
 
 async def _deliver(db: Database, lead_id: str, arrivals: list[Report | str]) -> None:
     async with db.unit_of_work() as uow:
-        await service.lead_seen(uow, lead_id, cycle=1, at=datetime.now(UTC), engaged=True)
+        await service.leads_seen(uow, [Sighting(lead_id, 1, datetime.now(UTC), engaged=True)])
     for arrival in arrivals:
         async with db.unit_of_work() as uow:
             if arrival == ASSIGNMENT:
-                await service.lead_assigned(uow, assigned(lead_id), Policy())
+                await service.leads_assigned(uow, [assigned(lead_id)], Policy())
             else:
                 assert isinstance(arrival, Report)
                 await service.report_status(
@@ -399,3 +404,113 @@ def test_any_order_with_repeats_and_the_assignment_anywhere_ends_as_the_sequence
     assert (got[2][-1] if got[2] else None) == (last.status.value if last else None)
     nurtured = last is not None and last.status in {S.DISQUALIFIED, S.RECYCLED}
     assert got[3] == expected[3] == int(nurtured)
+
+
+# --- a consumed batch is applied as its events one at a time -----------------------------
+
+
+def lifecycle_events(a: str, b: str) -> list[CloudEvent[Any]]:
+    """Lead a comes in twice, is scored and assigned, then reassigned; lead b (seen before,
+    with a report waiting for its assignment) is scored for a second cycle and assigned."""
+
+    def created(lead_id: str) -> LeadCreatedV1:
+        profile = LeadProfile(email=f"{lead_id}@example.com", campaign="spring")
+        return LeadCreatedV1(lead_id=lead_id, received_at=datetime.now(UTC), lead=profile)
+
+    def scored(lead_id: str, cycle: int) -> LeadScoredV1:
+        return LeadScoredV1(
+            lead_id=lead_id,
+            icp_version=1,
+            score=80,
+            grade=FitGrade.A,
+            engagement_level=2,
+            contributions=[],
+            scored_at=datetime.now(UTC),
+            received_at=datetime.now(UTC),
+            lead=LeadProfile(email=f"{lead_id}@example.com"),
+            cycle=cycle,
+        )
+
+    story: list[Any] = [
+        created(a),
+        created(a),
+        scored(a, 1),
+        scored(b, 2),
+        assigned(a),
+        assigned(b, cycle=2),
+        assigned(a, rep_id="rep_2"),
+    ]
+    return [new_event(data, source="/handoff/tests", subject=data.lead_id) for data in story]
+
+
+async def _lifecycle_state(db: Database, roles: dict[str, str]) -> dict[str, Any]:
+    """Each lead's row, history and announcements, under its role's name."""
+    state: dict[str, Any] = {}
+    async with db.engine.connect() as conn:
+        for lead_id, role in roles.items():
+            row = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT status, cycle, rep_id, team_id, status_at IS NULL AS open "
+                        "FROM feedback.leads WHERE lead_id = :id"
+                    ),
+                    {"id": lead_id},
+                )
+            ).one()
+            steps = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT from_status, to_status, actor, disposition, cycle, rep_id "
+                        "FROM feedback.history WHERE lead_id = :id ORDER BY id"
+                    ),
+                    {"id": lead_id},
+                )
+            ).all()
+            announced = (
+                await conn.execute(
+                    sa.text("SELECT topic FROM feedback.outbox WHERE key = :id ORDER BY id"),
+                    {"id": lead_id},
+                )
+            ).scalars()
+            state[role] = (tuple(row), [tuple(step) for step in steps], list(announced))
+    return state
+
+
+async def test_a_consumed_batch_ends_where_its_events_one_at_a_time_end(
+    feedback: Feedback,
+) -> None:
+    """The lifecycle's set-based handlers, given the batch's runs of one event type, leave
+    the leads, their histories and announcements as applying each event alone does."""
+    consumer = lifecycle_consumer(Policy())
+    db = Database(feedback.database_url, schema="feedback", source="/handoff/feedback")
+    states = []
+    try:
+        for grouping in ("one at a time", "in runs"):
+            a, b = new_lead_id(), new_lead_id()
+            async with db.unit_of_work() as uow:
+                await service.leads_seen(uow, [Sighting(b, 1, datetime.now(UTC), engaged=True)])
+            async with db.unit_of_work() as uow:
+                report = Report(S.CONTACTED, datetime.now(UTC))
+                waiting = await service.report_status(
+                    uow, b, report, actor="crm", delivery_id=None, policy=Policy()
+                )
+                assert waiting.disposition == service.PENDING
+            events = lifecycle_events(a, b)
+            if grouping == "one at a time":
+                runs = [[event] for event in events]
+            else:
+                runs = [list(run) for _, run in itertools.groupby(events, key=lambda e: e.type)]
+                assert len(runs) < len(events)
+            for run in runs:
+                async with db.unit_of_work() as uow:
+                    await consumer.batch_handlers[run[0].type](uow, run)
+            states.append(await _lifecycle_state(db, {a: "a", b: "b"}))
+    finally:
+        await db.dispose()
+    one_at_a_time, in_runs = states
+    assert in_runs == one_at_a_time
+    lead_a, lead_b = one_at_a_time["a"], one_at_a_time["b"]
+    assert lead_a[0][:3] == ("assigned", 1, "rep_2")
+    assert [step[1] for step in lead_a[1]] == ["created", "engaged", "assigned", "assigned"]
+    assert lead_b[0][:2] == ("contacted", 2)
+    assert [step[1] for step in lead_b[1]] == ["created", "requalified", "assigned", "contacted"]

@@ -21,28 +21,35 @@ from handoff_schemas import (
 
 from . import service
 from .lifecycle import Policy
+from .service import Sighting
 
 
 def lifecycle_consumer(policy: Policy) -> Consumer:
     """Feedback's lifecycle consumer group, its handlers bound to this process's policy."""
     consumer = Consumer(group="feedback")
 
-    @consumer.handles(LeadCreatedV1)
-    async def record_intake(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
-        """A lead came in, or came back with new engagement."""
-        await service.lead_seen(uow, event.data.lead_id, cycle=1, at=event.time, engaged=True)
-
-    @consumer.handles(LeadScoredV1)
-    async def record_scored(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
-        """A lead was scored; a higher cycle means it re-qualified after nurture."""
-        await service.lead_seen(
-            uow, event.data.lead_id, cycle=event.data.cycle, at=event.time, engaged=False
+    @consumer.handles_batch(LeadCreatedV1)
+    async def record_intake(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
+        """Leads came in, or came back with new engagement."""
+        await service.leads_seen(
+            uow, [Sighting(e.data.lead_id, cycle=1, at=e.time, engaged=True) for e in events]
         )
 
-    @consumer.handles(LeadAssignedV1)
-    async def record_owner(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
-        """A rep owns the lead: its lifecycle starts."""
-        await service.lead_assigned(uow, event.data, policy)
+    @consumer.handles_batch(LeadScoredV1)
+    async def record_scored(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
+        """Leads were scored; a higher cycle means a lead re-qualified after nurture."""
+        await service.leads_seen(
+            uow,
+            [
+                Sighting(e.data.lead_id, cycle=e.data.cycle, at=e.time, engaged=False)
+                for e in events
+            ],
+        )
+
+    @consumer.handles_batch(LeadAssignedV1)
+    async def record_owner(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
+        """A rep owns each lead: its lifecycle starts."""
+        await service.leads_assigned(uow, [event.data for event in events], policy)
 
     @consumer.handles(LeadQueuedV1)
     async def record_queued(uow: UnitOfWork, event: CloudEvent[Any]) -> None:

@@ -40,21 +40,49 @@ class FeedbackRepository:
         )
         return (await self.session.execute(query)).scalars().all()
 
-    async def has_history(self, lead_id: str, to_status: str) -> bool:
-        """Whether the lead's history has a step to `to_status`."""
-        query = select(HistoryEntry.id).where(
-            HistoryEntry.lead_id == lead_id, HistoryEntry.to_status == to_status
+    async def leads(
+        self, lead_ids: Sequence[str], *, for_update: bool = False
+    ) -> dict[str, TrackedLead]:
+        """The tracked leads among `lead_ids`, by id; locked in id order if asked."""
+        query = (
+            select(TrackedLead)
+            .where(col(TrackedLead.lead_id).in_(sorted(set(lead_ids))))
+            .order_by(col(TrackedLead.lead_id))
+            .execution_options(populate_existing=True)
         )
-        return (await self.session.execute(query.limit(1))).first() is not None
+        if for_update:
+            query = query.with_for_update()
+        return {lead.lead_id: lead for lead in (await self.session.execute(query)).scalars()}
+
+    async def with_history(self, lead_ids: Sequence[str], to_status: str) -> set[str]:
+        """Those of `lead_ids` whose history has a step to `to_status`."""
+        query = (
+            select(HistoryEntry.lead_id)
+            .where(col(HistoryEntry.lead_id).in_(set(lead_ids)))
+            .where(HistoryEntry.to_status == to_status)
+            .distinct()
+        )
+        return set((await self.session.execute(query)).scalars())
 
     async def pending(self, lead_id: str, *, lock: bool = True) -> Sequence[PendingStatus]:
         """Status reports waiting for the lead's assignment, oldest first (by occurred_at)."""
+        return (await self.pending_for([lead_id], lock=lock)).get(lead_id, [])
+
+    async def pending_for(
+        self, lead_ids: Sequence[str], *, lock: bool = True
+    ) -> dict[str, list[PendingStatus]]:
+        """Status reports waiting for the assignment of any of `lead_ids`, by lead, each
+        lead's oldest first (by occurred_at)."""
         query = (
             select(PendingStatus)
-            .where(PendingStatus.lead_id == lead_id)
+            .where(col(PendingStatus.lead_id).in_(set(lead_ids)))
             .order_by(col(PendingStatus.id))
         )
         if lock:
             query = query.with_for_update()
-        rows = (await self.session.execute(query)).scalars().all()
-        return sorted(rows, key=lambda row: datetime.fromisoformat(row.change["occurred_at"]))
+        waiting: dict[str, list[PendingStatus]] = {}
+        for row in (await self.session.execute(query)).scalars():
+            waiting.setdefault(row.lead_id, []).append(row)
+        for rows in waiting.values():
+            rows.sort(key=lambda row: datetime.fromisoformat(row.change["occurred_at"]))
+        return waiting

@@ -3,6 +3,7 @@ reports (in whatever order they come), and tell marketing what to nurture."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -68,87 +69,121 @@ class Outcome:
 # --- following the lead from intake through routing ------------------------------------
 
 
-async def lead_seen(
-    uow: UnitOfWork, lead_id: str, *, cycle: int, at: datetime, engaged: bool
-) -> None:
-    """Marketing handed in the lead (`engaged`: an intake of it, the first or a later one) or
-    the scorer scored it: feedback knows the lead from now on. A later intake is recorded
-    as engagement; a higher cycle means the lead re-qualified after nurture and is on its
-    way to sales again."""
-    repo = FeedbackRepository(uow.session)
-    lead = await repo.lead(lead_id, for_update=True)
-    now = utcnow()
-    if lead is None:
-        lead = TrackedLead(lead_id=lead_id, status=NEW, cycle=cycle, updated_at=now)
-        repo.add(lead)
-    elif cycle > lead.cycle:
-        previous = lead.status
-        lead.status, lead.cycle, lead.status_at, lead.updated_at = NEW, cycle, None, now
-        _history(repo, lead, previous, "requalified", "scorer", at, now, note=f"cycle {cycle}")
-    if not engaged:
-        return
-    if await repo.has_history(lead_id, "created"):
-        _history(repo, lead, lead.status, "engaged", "marketing", at, now, disposition="recorded")
-    else:
-        _history(repo, lead, None, "created", "marketing", at, now)
+@dataclass(frozen=True)
+class Sighting:
+    """Marketing handed in a lead (`engaged`: an intake of it, the first or a later one), or
+    the scorer scored it (`cycle`: the sales cycle the score is for)."""
+
+    lead_id: str
+    cycle: int
+    at: datetime
+    engaged: bool
 
 
-async def lead_assigned(uow: UnitOfWork, event: LeadAssignedV1, policy: Policy) -> None:
-    """A rep owns the lead: its lifecycle (re)starts at `assigned`, and status reports that
-    came before the assignment are applied now, oldest first. An assignment from an earlier
-    cycle, or one for a lead sales already moved past its working statuses, changes nothing."""
+async def leads_seen(uow: UnitOfWork, sightings: Sequence[Sighting]) -> None:
+    """Feedback knows each lead from its first sighting on. A later intake is recorded as
+    engagement; a higher cycle means the lead re-qualified after nurture and is on its way
+    to sales again. Applied in order, as one at a time would be (the leads are read and
+    locked once)."""
     repo = FeedbackRepository(uow.session)
-    lead = await repo.lead(event.lead_id, for_update=True)
-    now = utcnow()
-    if lead is None:
-        lead = TrackedLead(lead_id=event.lead_id, status=NEW, cycle=event.cycle, updated_at=now)
-        repo.add(lead)
-    elif event.cycle < lead.cycle or (
-        event.cycle == lead.cycle
-        and lead.status not in BEFORE_SALES | {NURTURE}
-        and not is_working(LeadStatus(lead.status))
-    ):
-        return
-    previous = lead.status
-    lead.status, lead.status_at, lead.cycle = LeadStatus.ASSIGNED.value, None, event.cycle
-    lead.rep_id, lead.team_id, lead.updated_at = event.rep_id, event.team_id, now
-    _history(
-        repo,
-        lead,
-        previous,
-        LeadStatus.ASSIGNED,
-        "router",
-        event.assigned_at,
-        now,
-        note=f"assigned to {event.rep_name} ({event.decision.rule})",
+    ids = [sighting.lead_id for sighting in sightings]
+    leads = await repo.leads(ids, for_update=True)
+    created = (
+        await repo.with_history(ids, "created") if any(s.engaged for s in sightings) else set()
     )
-    for waiting in await repo.pending(event.lead_id):
-        report = Report(
-            status=LeadStatus(waiting.change["status"]),
-            occurred_at=datetime.fromisoformat(waiting.change["occurred_at"]),
-            reason=Reason(waiting.change["reason"]) if waiting.change.get("reason") else None,
-            note=waiting.change.get("note"),
-            amount=waiting.change.get("amount"),
-        )
-        actor = waiting.change.get("actor")
-        try:
-            await _receive(uow, repo, lead, report, actor, waiting.delivery_id, policy)
-        except InvalidTransition as refused:
+    now = utcnow()
+    for seen in sightings:
+        lead = leads.get(seen.lead_id)
+        if lead is None:
+            lead = TrackedLead(lead_id=seen.lead_id, status=NEW, cycle=seen.cycle, updated_at=now)
+            repo.add(lead)
+            leads[seen.lead_id] = lead
+        elif seen.cycle > lead.cycle:
+            previous = lead.status
+            lead.status, lead.cycle, lead.status_at, lead.updated_at = NEW, seen.cycle, None, now
+            note = f"cycle {seen.cycle}"
+            _history(repo, lead, previous, "requalified", "scorer", seen.at, now, note=note)
+        if not seen.engaged:
+            continue
+        if seen.lead_id in created:
             _history(
                 repo,
                 lead,
                 lead.status,
-                report.status,
-                actor,
-                report.occurred_at,
-                utcnow(),
-                disposition=Disposition.REFUSED,
-                reason=report.reason.value if report.reason else None,
-                note=f"{report.note or ''} [{refused.detail}]".strip(),
-                report=report,
-                delivery_id=waiting.delivery_id,
+                "engaged",
+                "marketing",
+                seen.at,
+                now,
+                disposition="recorded",
             )
-        await repo.delete(waiting)
+        else:
+            _history(repo, lead, None, "created", "marketing", seen.at, now)
+            created.add(seen.lead_id)
+
+
+async def leads_assigned(uow: UnitOfWork, events: Sequence[LeadAssignedV1], policy: Policy) -> None:
+    """A rep owns each lead: its lifecycle (re)starts at `assigned`, and status reports that
+    came before the assignment are applied now, oldest first. An assignment from an earlier
+    cycle, or one for a lead sales already moved past its working statuses, changes nothing.
+    Applied in order, as one at a time would be (the leads and their waiting reports are
+    read and locked once)."""
+    repo = FeedbackRepository(uow.session)
+    ids = [event.lead_id for event in events]
+    leads = await repo.leads(ids, for_update=True)
+    waiting_reports = await repo.pending_for(ids)
+    for event in events:
+        now = utcnow()
+        lead = leads.get(event.lead_id)
+        if lead is None:
+            lead = TrackedLead(lead_id=event.lead_id, status=NEW, cycle=event.cycle, updated_at=now)
+            repo.add(lead)
+            leads[event.lead_id] = lead
+        elif event.cycle < lead.cycle or (
+            event.cycle == lead.cycle
+            and lead.status not in BEFORE_SALES | {NURTURE}
+            and not is_working(LeadStatus(lead.status))
+        ):
+            continue
+        previous = lead.status
+        lead.status, lead.status_at, lead.cycle = LeadStatus.ASSIGNED.value, None, event.cycle
+        lead.rep_id, lead.team_id, lead.updated_at = event.rep_id, event.team_id, now
+        _history(
+            repo,
+            lead,
+            previous,
+            LeadStatus.ASSIGNED,
+            "router",
+            event.assigned_at,
+            now,
+            note=f"assigned to {event.rep_name} ({event.decision.rule})",
+        )
+        for waiting in waiting_reports.pop(event.lead_id, []):
+            report = Report(
+                status=LeadStatus(waiting.change["status"]),
+                occurred_at=datetime.fromisoformat(waiting.change["occurred_at"]),
+                reason=Reason(waiting.change["reason"]) if waiting.change.get("reason") else None,
+                note=waiting.change.get("note"),
+                amount=waiting.change.get("amount"),
+            )
+            actor = waiting.change.get("actor")
+            try:
+                await _receive(uow, repo, lead, report, actor, waiting.delivery_id, policy)
+            except InvalidTransition as refused:
+                _history(
+                    repo,
+                    lead,
+                    lead.status,
+                    report.status,
+                    actor,
+                    report.occurred_at,
+                    utcnow(),
+                    disposition=Disposition.REFUSED,
+                    reason=report.reason.value if report.reason else None,
+                    note=f"{report.note or ''} [{refused.detail}]".strip(),
+                    report=report,
+                    delivery_id=waiting.delivery_id,
+                )
+            await repo.delete(waiting)
 
 
 async def lead_queued(uow: UnitOfWork, event: LeadQueuedV1) -> None:
