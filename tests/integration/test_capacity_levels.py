@@ -96,7 +96,10 @@ async def new_team(db: Database, name: str, *capacities: int) -> tuple[str, list
 async def route_to(db: Database, team_id: str, lead_id: str) -> str:
     async with db.unit_of_work() as uow:
         await service.replace_rules(uow, [{"name": "all", "team_id": team_id, "conditions": {}}])
-        return await service.route_scored_lead(uow, scored(lead_id), nurture_from=FitGrade.D)
+        (outcome,) = await service.route_scored_leads(
+            uow, [scored(lead_id)], nurture_from=FitGrade.D
+        )
+        return outcome
 
 
 async def announced(db: Database, team_id: str) -> list[str]:

@@ -42,9 +42,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
+    MultipleResults,
     RuleBasedStateMachine,
     initialize,
     invariant,
+    multiple,
     precondition,
     rule,
     run_state_machine_as_test,
@@ -239,6 +241,15 @@ def scored_event(lead_id: str, grade: FitGrade, score: int) -> LeadScoredV1:
     )
 
 
+def new_lead(seq: int, grade: FitGrade, score: int) -> LeadModel:
+    return LeadModel(f"lead-{seq:03d}", seq, scored_event(f"lead-{seq:03d}", grade, score))
+
+
+async def route(uow: UnitOfWork, batch: list[LeadScoredV1]) -> list[str]:
+    """Route scored leads as the consumer does (a batch of one or more)."""
+    return await service.route_scored_leads(uow, batch, nurture_from=FitGrade.D)
+
+
 def status_change(lead: LeadModel, to_status: LeadStatus, *, working: bool) -> LeadStatusChangedV1:
     return LeadStatusChangedV1(
         lead_id=lead.lead_id,
@@ -384,12 +395,31 @@ class RouterInvariants(RuleBasedStateMachine):
 
     def arrive(self, grade: FitGrade, score: int) -> str:
         """A scored lead comes in: to a rep with room if any, else to the backlog."""
-        seq = len(self.lead_models) + 1
-        lead = LeadModel(f"lead-{seq:03d}", seq, scored_event(f"lead-{seq:03d}", grade, score))
+        lead = new_lead(len(self.lead_models) + 1, grade, score)
+        (outcome,) = self.step(lambda uow: route(uow, [lead.scored]))
+        self.routed(lead, outcome)
+        return lead.lead_id
+
+    @rule(
+        target=leads,
+        arrivals=st.lists(st.tuples(st.sampled_from(SALES_GRADES), SCORES), min_size=2, max_size=4),
+    )
+    def leads_arrive_in_one_batch(
+        self, arrivals: list[tuple[FitGrade, int]]
+    ) -> MultipleResults[str]:
+        """Scored leads consumed in one batch (the rules, team and reps read once): each is
+        routed as if it had come alone, in order."""
+        first = len(self.lead_models) + 1
+        batch = [new_lead(first + n, grade, score) for n, (grade, score) in enumerate(arrivals)]
+        outcomes = self.step(lambda uow: route(uow, [lead.scored for lead in batch]))
+        for lead, outcome in zip(batch, outcomes, strict=True):
+            self.routed(lead, outcome)
+        return multiple(*(lead.lead_id for lead in batch))
+
+    def routed(self, lead: LeadModel, outcome: str) -> None:
+        """Take the router's outcome for a new lead into the model: assigned if any rep had
+        room when it came, else queued."""
         room = bool(self.eligible())
-        outcome = self.step(
-            lambda uow: service.route_scored_lead(uow, lead.scored, nurture_from=FitGrade.D)
-        )
         self.lead_models[lead.lead_id] = lead
         if room:
             assert outcome == "assigned"
@@ -398,7 +428,6 @@ class RouterInvariants(RuleBasedStateMachine):
             assert outcome == "queued"
             lead.state = "queued"
             lead.outcomes.append("queued")
-        return lead.lead_id
 
     @precondition(lambda self: self.has_assigned_leads())
     @rule(data=st.data())
@@ -441,10 +470,8 @@ class RouterInvariants(RuleBasedStateMachine):
         kind = data.draw(st.sampled_from(kinds), label="delivery")
         if kind == "scored":
             scored = model.scored
-            outcome = self.step(
-                lambda uow: service.route_scored_lead(uow, scored, nurture_from=FitGrade.D)
-            )
-            assert outcome == "rescored"
+            outcome = self.step(lambda uow: route(uow, [scored]))
+            assert outcome == ["rescored"]
         elif kind == "release":
             release = model.release
             assert release is not None
@@ -638,7 +665,8 @@ def test_a_lead_that_requalifies_before_its_release_arrives_is_routed_again_on_r
 
             async def outcome(scored: LeadScoredV1) -> str:
                 async with db.unit_of_work() as uow:
-                    return await service.route_scored_lead(uow, scored, nurture_from=FitGrade.D)
+                    (routed,) = await route(uow, [scored])
+                    return routed
 
             async def report(status: LeadStatus, cycle: int, *, working: bool) -> None:
                 change = LeadStatusChangedV1(

@@ -19,11 +19,11 @@ def routing_consumer(settings: RouterSettings) -> Consumer:
         nurture_from=settings.nurture_from_grade, account_owner_full=settings.account_owner_full
     )
 
-    @consumer.handles(LeadScoredV1)
-    async def route_lead(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
-        await service.route_scored_lead(
+    @consumer.handles_batch(LeadScoredV1)
+    async def route_leads(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
+        await service.route_scored_leads(
             uow,
-            event.data,
+            [event.data for event in events],
             nurture_from=settings.nurture_from_grade,
             account_owner_full=settings.account_owner_full,
         )

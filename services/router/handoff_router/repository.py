@@ -155,6 +155,15 @@ class RouterRepository:
         """Where a lead stands with the router, if it has seen it."""
         return await self.session.get(RoutedLead, lead_id, populate_existing=True)
 
+    async def routed_leads(self, lead_ids: Sequence[str]) -> dict[str, RoutedLead]:
+        """Where each of these leads stands with the router, by id (those it has seen)."""
+        query = (
+            select(RoutedLead)
+            .where(col(RoutedLead.lead_id).in_(set(lead_ids)))
+            .execution_options(populate_existing=True)
+        )
+        return {row.lead_id: row for row in (await self.session.execute(query)).scalars()}
+
     async def active_assignment(
         self, lead_id: str, *, for_update: bool = False
     ) -> Assignment | None:

@@ -4,7 +4,8 @@ manage teams and reps. Every change of a team happens under that team's routing 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from typing import Any
 
@@ -126,42 +127,98 @@ async def _team_loads(repo: RouterRepository, team_id: str) -> tuple[list[Rep], 
     return reps, [_rep_load(r, today.get(r.id, 0)) for r in reps]
 
 
-async def _team_for(repo: RouterRepository, facts: LeadFacts) -> tuple[Team, str]:
+@dataclass
+class _Routing:
+    """What routing a batch of scored leads reads once: the rules, the default team, each
+    team's lock and reps (whose day counts it keeps as it assigns), and where the batch's
+    leads stand. It lives for one handler call, inside one savepoint: the team locks it took
+    go with a rolled-back savepoint, and so does this object."""
+
+    repo: RouterRepository
+    routed: dict[str, RoutedLead]
+    _rules: list[Rule] | None = None
+    _default_team: Team | None = None
+    _teams: dict[str, tuple[list[Rep], dict[str, int]]] = field(default_factory=dict)
+
+    async def rules(self) -> list[Rule]:
+        if self._rules is None:
+            self._rules = [
+                Rule(name=r.name, team_id=r.team_id, conditions=Coverage.of(**r.conditions))
+                for r in await self.repo.rules()
+            ]
+        return self._rules
+
+    async def default_team(self) -> Team | None:
+        if self._default_team is None:
+            self._default_team = await self.repo.default_team()
+        return self._default_team
+
+    async def team_loads(self, team_id: str) -> tuple[list[Rep], list[RepLoad]]:
+        """The team's reps and how the rules see them now; the first call for a team takes
+        its lock and reads (and locks) its reps."""
+        if team_id not in self._teams:
+            await self.repo.lock_team(team_id)
+            reps = list(await self.repo.reps(team_id, for_update=True))
+            self._teams[team_id] = (reps, await self.repo.assigned_today(team_id))
+        reps, today = self._teams[team_id]
+        return reps, [_rep_load(r, today.get(r.id, 0)) for r in reps]
+
+    def assigned(self, rep: Rep) -> None:
+        """Count an assignment this batch made in the rep's day."""
+        if rep.daily_cap is not None and rep.team_id in self._teams:
+            today = self._teams[rep.team_id][1]
+            today[rep.id] = today.get(rep.id, 0) + 1
+
+
+async def _team_for(routing: _Routing, facts: LeadFacts) -> tuple[Team, str]:
     """The team a lead goes to and the rule that decided it."""
-    rules = [
-        Rule(name=r.name, team_id=r.team_id, conditions=Coverage.of(**r.conditions))
-        for r in await repo.rules()
-    ]
-    matched = match_rule(rules, facts)
+    matched = match_rule(await routing.rules(), facts)
     if matched is not None:
-        team = await repo.team(matched.team_id)
+        team = await routing.repo.team(matched.team_id)
         if team is not None:
             return team, matched.name
-    team = await repo.default_team()
+    team = await routing.default_team()
     if team is None:
         raise NoSalesTeam("no sales team exists yet: create one with POST /v1/teams")
     return team, "fallback_team"
 
 
-async def route_scored_lead(
+async def route_scored_leads(
     uow: UnitOfWork,
-    scored: LeadScoredV1,
+    batch: Sequence[LeadScoredV1],
     *,
     nurture_from: FitGrade | None,
     account_owner_full: str = "route_normally",
-) -> str:
-    """Send a scored lead to nurture, to the least-loaded rep with room, or to the backlog.
-    Returns the outcome. A lead the router already holds is not routed twice in one sales
-    cycle: only a lead that re-qualified (a higher cycle) after sales let it go is routed
-    again, its earlier decisions and assignments kept as its history."""
+) -> list[str]:
+    """Send each scored lead to nurture, to the least-loaded rep with room, or to the
+    backlog, in order, as one at a time would (the rules, teams and reps are read once for
+    the batch). Returns the outcomes. A lead the router already holds is not routed twice
+    in one sales cycle: only a lead that re-qualified (a higher cycle) after sales let it go
+    is routed again, its earlier decisions and assignments kept as its history."""
     repo = RouterRepository(uow.session)
-    known = await repo.routed_lead(scored.lead_id)
+    routing = _Routing(repo, routed=await repo.routed_leads([s.lead_id for s in batch]))
+    return [
+        await _route(uow, routing, scored, nurture_from, account_owner_full) for scored in batch
+    ]
+
+
+async def _route(
+    uow: UnitOfWork,
+    routing: _Routing,
+    scored: LeadScoredV1,
+    nurture_from: FitGrade | None,
+    account_owner_full: str,
+) -> str:
+    repo = routing.repo
+    known = routing.routed.get(scored.lead_id)
     if known is not None and not routes_again(known.state, known.cycle, scored.cycle):
         return await _rescored(repo, known, scored)
     now = utcnow()
     if goes_to_nurture(scored.grade, nurture_from):
         decision = _decision(scored, rule=f"nurture_from_grade_{nurture_from}", team_id=None)
-        _place(repo, scored, known, state="nurture", team_id=None, rep_id=None)
+        routing.routed[scored.lead_id] = _place(
+            repo, scored, known, state="nurture", team_id=None, rep_id=None
+        )
         _record_decision(repo, scored, "nurture", decision, now)
         count_on_commit(uow, LEADS_ROUTED, "", "", "nurture")
         await uow.publish(
@@ -178,26 +235,43 @@ async def route_scored_lead(
         return "nurture"
     facts = lead_facts(scored)
     if scored.account_domain and await _route_to_account_owner(
-        uow, repo, scored, known, account_owner_full
+        uow, routing, scored, known, account_owner_full
     ):
         return "account_owner"
-    team, rule = await _team_for(repo, facts)
-    await repo.lock_team(team.id)
-    reps, loads = await _team_loads(repo, team.id)
+    team, rule = await _team_for(routing, facts)
+    reps, loads = await routing.team_loads(team.id)
     chosen, candidates = choose_rep(loads, facts, now, respect_hours=team.respect_working_hours)
     decision = _decision(scored, rule=rule, team_id=team.id, candidates=candidates)
     if chosen is None:
-        await _queue(uow, repo, scored, team.id, decision, now, known=known)
+        routing.routed[scored.lead_id] = await _queue(
+            uow, repo, scored, team.id, decision, now, known=known
+        )
         return "queued"
     rep = next(r for r in reps if r.id == chosen.rep_id)
-    _place(repo, scored, known, state="assigned", team_id=team.id, rep_id=rep.id)
-    await _assign(uow, repo, scored, rep, decision)
+    await _assign_placed(uow, routing, scored, known, rep, decision)
     return "assigned"
+
+
+async def _assign_placed(
+    uow: UnitOfWork,
+    routing: _Routing,
+    scored: LeadScoredV1,
+    known: RoutedLead | None,
+    rep: Rep,
+    decision: RoutingDecision,
+) -> None:
+    """Record that the lead routed by `scored` is now the rep's, and assign it."""
+    placed = _place(
+        routing.repo, scored, known, state="assigned", team_id=rep.team_id, rep_id=rep.id
+    )
+    routing.routed[scored.lead_id] = placed
+    await _assign(uow, routing.repo, scored, rep, decision, placed)
+    routing.assigned(rep)
 
 
 async def _route_to_account_owner(
     uow: UnitOfWork,
-    repo: RouterRepository,
+    routing: _Routing,
     scored: LeadScoredV1,
     known: RoutedLead | None,
     when_full: str,
@@ -206,14 +280,14 @@ async def _route_to_account_owner(
     it for them (policy `queue_for_owner`). Returns whether the owner took it or waits for it;
     False sends the lead through the normal rules."""
     assert scored.account_domain is not None
+    repo = routing.repo
     owner_id = await repo.account_owner(scored.account_domain)
     owner = await repo.rep(owner_id) if owner_id else None
     if owner is None:
         return False
     team = await repo.team(owner.team_id)
     assert team is not None
-    await repo.lock_team(team.id)
-    reps, loads = await _team_loads(repo, team.id)
+    reps, loads = await routing.team_loads(team.id)
     load = next(load for load in loads if load.rep_id == owner.id)
     now = utcnow()
     # The account owner takes the account's leads whatever their territory, but not while
@@ -224,12 +298,13 @@ async def _route_to_account_owner(
     decision = _decision(scored, rule="account_owner", team_id=team.id, candidates=candidates)
     if chosen is not None:
         rep = next(r for r in reps if r.id == owner.id)
-        _place(repo, scored, known, state="assigned", team_id=team.id, rep_id=rep.id)
-        await _assign(uow, repo, scored, rep, decision)
+        await _assign_placed(uow, routing, scored, known, rep, decision)
         return True
     if when_full != "queue_for_owner":
         return False
-    await _queue(uow, repo, scored, team.id, decision, now, known=known, reserved_for=owner.id)
+    routing.routed[scored.lead_id] = await _queue(
+        uow, repo, scored, team.id, decision, now, known=known, reserved_for=owner.id
+    )
     return True
 
 
@@ -264,12 +339,13 @@ async def _assign(
     scored: LeadScoredV1,
     rep: Rep,
     decision: RoutingDecision,
+    routed: RoutedLead | None,
 ) -> None:
-    """Give a lead to a rep: take a slot, record the owner and why, announce it."""
+    """Give a lead (`routed`: where it stands with the router) to a rep: take a slot,
+    record the owner and why, announce it."""
     now = utcnow()
     team = await repo.team(rep.team_id)
     count_on_commit(uow, LEADS_ROUTED, team.name if team else "", rep.team_id, "assigned")
-    routed = await repo.routed_lead(scored.lead_id)
     if routed is not None and scored.cycle > routed.cycle:
         routed.cycle = scored.cycle
     if scored.cycle == 1 and (routed is None or routed.reassignments == 0):
@@ -311,10 +387,10 @@ async def _queue(
     *,
     known: RoutedLead | None,
     reserved_for: str | None = None,
-) -> None:
+) -> RoutedLead:
     """Put a new (or re-qualified, `known`) lead in a team's backlog (for one rep only, when
-    `reserved_for`), keep why, and announce `lead.queued`."""
-    _place(repo, scored, known, state="queued", team_id=team_id, rep_id=None)
+    `reserved_for`), keep why, and announce `lead.queued`. Returns where the lead stands."""
+    placed = _place(repo, scored, known, state="queued", team_id=team_id, rep_id=None)
     repo.add(
         BacklogEntry(
             lead_id=scored.lead_id,
@@ -340,6 +416,7 @@ async def _queue(
         topic=LEAD_ROUTING.name,
         subject=scored.lead_id,
     )
+    return placed
 
 
 def _record_decision(
@@ -387,7 +464,7 @@ def _place(
     state: str,
     team_id: str | None,
     rep_id: str | None,
-) -> None:
+) -> RoutedLead:
     """Record where a lead routed by `scored` now stands: a new row for a lead seen for the
     first time; for a lead routed again in a new cycle (`known`), its row starts over (SLA
     misses counted afresh) while its earlier decisions and assignments stay as they are."""
@@ -407,8 +484,9 @@ def _place(
     )
     if known is None:
         repo.add(placed)
-    else:
-        known.sqlmodel_update(placed.model_dump())
+        return placed
+    known.sqlmodel_update(placed.model_dump())
+    return known
 
 
 FIRST_TOUCH = frozenset({LeadStatus.CONTACTED})
@@ -487,9 +565,9 @@ async def release_lead(
     await drain_backlog(uow, repo, assignment.team_id)
     pending = LeadScoredV1.model_validate(routed.scored) if routed and routed.scored else None
     if routing is not None and pending is not None and pending.cycle > assignment.cycle:
-        await route_scored_lead(
+        await route_scored_leads(
             uow,
-            pending,
+            [pending],
             nurture_from=routing.nurture_from,
             account_owner_full=routing.account_owner_full,
         )
@@ -538,7 +616,7 @@ async def drain_backlog(
             routed.state, routed.rep_id, routed.updated_at = "assigned", rep.id, utcnow()
         rule = "sla_reassignment" if avoid and avoid[0] == scored.lead_id else "backlog_drain"
         decision = _decision(scored, rule=rule, team_id=team_id, candidates=candidates)
-        await _assign(uow, repo, scored, rep, decision)
+        await _assign(uow, repo, scored, rep, decision, routed)
         await repo.flush()
         assigned += 1
         reps, loads = await _team_loads(repo, team_id)
@@ -578,9 +656,9 @@ async def update_team(uow: UnitOfWork, team_id: str, **changes: Any) -> Team:
     if changes.pop("is_default", None):
         for other in await repo.teams():
             other.is_default = other.id == team_id
-    for field, value in changes.items():
-        if value is not None or field in {"manager_name", "manager_email"}:
-            setattr(team, field, value)
+    for name, value in changes.items():
+        if value is not None or name in {"manager_name", "manager_email"}:
+            setattr(team, name, value)
     await repo.flush()
     await drain_backlog(uow, repo, team_id)
     return team
@@ -651,9 +729,9 @@ async def update_rep(uow: UnitOfWork, rep_id: str, **changes: Any) -> Rep:
     await repo.lock_team(rep.team_id)
     rep = await repo.rep(rep_id, for_update=True)
     assert rep is not None
-    for field, value in changes.items():
-        if value is not None or field in NULLABLE_REP_FIELDS:
-            setattr(rep, field, value)
+    for name, value in changes.items():
+        if value is not None or name in NULLABLE_REP_FIELDS:
+            setattr(rep, name, value)
     await repo.flush()
     await drain_backlog(uow, repo, rep.team_id)
     return rep
