@@ -50,9 +50,9 @@ class ScorerRepository:
 
     async def insert_lead_if_new(
         self, *, lead_id: str, email: str, profile: dict[str, Any], received_at: datetime
-    ) -> bool:
-        """Insert a lead unless one with this email exists; whether it was inserted."""
-        inserted = await self.session.execute(
+    ) -> Lead | None:
+        """Insert a lead unless one with this email exists; the new lead, or None."""
+        inserted = await self.session.scalars(
             insert(Lead)
             .values(
                 id=lead_id,
@@ -62,9 +62,10 @@ class ScorerRepository:
                 status="received",
             )
             .on_conflict_do_nothing(index_elements=["email"])
-            .returning(col(Lead.id))
+            .returning(Lead),
+            execution_options={"populate_existing": True},
         )
-        return inserted.first() is not None
+        return inserted.first()
 
     def add(self, row: Lead | LeadScore | IcpVersion | RescoreJob) -> None:
         """Stage a new row in the transaction."""

@@ -68,15 +68,14 @@ async def _lead_for(
     repo = ScorerRepository(uow.session)
     email = normalise_email(str(received.email))
     profile = received.model_copy(update={"email": email})
-    if await repo.insert_lead_if_new(
+    inserted = await repo.insert_lead_if_new(
         lead_id=lead_id,
         email=email,
         profile=profile.model_dump(mode="json"),
         received_at=received_at,
-    ):
-        lead = await repo.get_lead(lead_id)
-        assert lead is not None
-        return lead, True
+    )
+    if inserted is not None:
+        return inserted, True
     lead = await repo.get_lead_by_email(email, for_update=True)
     assert lead is not None
     merged = merge_profiles(LeadProfile.model_validate(lead.profile), profile)
