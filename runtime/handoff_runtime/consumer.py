@@ -47,7 +47,7 @@ from .metrics import (
     EVENT_PROCESSING,
     EVENTS_CONSUMED,
 )
-from .tracing import bind_trace
+from .tracing import bind_trace, trace_id_of
 
 log = structlog.get_logger(__name__)
 
@@ -254,7 +254,15 @@ class ConsumerLoop:
         if not run.events:
             return
         started = time.perf_counter()
-        await self.spec.batch_handlers[run.events[0].type](uow, run.events)
+        uow.traces = {
+            event.subject: trace_id
+            for event in run.events
+            if (trace_id := trace_id_of(event.traceparent)) is not None
+        }
+        try:
+            await self.spec.batch_handlers[run.events[0].type](uow, run.events)
+        finally:
+            uow.traces = {}
         for record, key, traceparent in run.records:
             self._observe(uow, record, key, traceparent, "processed", started)
         run.clear()

@@ -22,7 +22,7 @@ from handoff_schemas import CONTENT_TYPE, CloudEvent, encode, new_event
 
 from . import crashpoints
 from .tables import RuntimeTables
-from .tracing import current_traceparent
+from .tracing import continuing, current_traceparent
 
 
 def async_url(url: str) -> str:
@@ -81,13 +81,16 @@ class UnitOfWork:
     source: str
     staged: int = 0
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    traces: dict[str, str] = field(default_factory=dict)
+    """Trace ids by subject, while a batch of consumed events is applied: an event published
+    about a lead continues the trace of the consumed event about that lead."""
     _unwritten: list[dict[str, Any]] = field(default_factory=list)
 
     async def publish(self, data: BaseModel, *, topic: str, subject: str) -> CloudEvent[Any]:
-        """Stage an event for `topic`, keyed by `subject` (the lead id)."""
-        event = new_event(
-            data, source=self.source, subject=subject, traceparent=current_traceparent()
-        )
+        """Stage an event for `topic`, keyed by `subject` (the lead id), in the current trace
+        (that of the request, or of the consumed event about the same lead)."""
+        traceparent = current_traceparent() or continuing(self.traces.get(subject))
+        event = new_event(data, source=self.source, subject=subject, traceparent=traceparent)
         self.stage_record(
             topic=topic,
             key=subject,

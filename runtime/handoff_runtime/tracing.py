@@ -36,7 +36,11 @@ def bind_trace(traceparent: str | None) -> str:
 
 def current_traceparent() -> str | None:
     """A traceparent continuing the current trace (a new span id), if one is bound."""
-    trace_id = structlog.contextvars.get_contextvars().get("trace_id")
+    return continuing(structlog.contextvars.get_contextvars().get("trace_id"))
+
+
+def continuing(trace_id: str | None) -> str | None:
+    """A traceparent continuing the trace `trace_id` (a new span id), if there is one."""
     if not trace_id:
         return None
     return f"00-{trace_id}-{secrets.token_hex(8)}-01"

@@ -26,7 +26,16 @@ from handoff_runtime.kafka import ensure_topics, make_consumer, make_producer
 from handoff_runtime.metrics import EVENTS_CONSUMED
 from handoff_runtime.relay import OutboxRelay
 from handoff_runtime.settings import ServiceSettings
-from handoff_schemas import CloudEvent, LeadCreatedV1, LeadProfile, Topic, encode, new_event
+from handoff_runtime.tracing import trace_id_of
+from handoff_schemas import (
+    CloudEvent,
+    LeadCreatedV1,
+    LeadProfile,
+    Topic,
+    decode,
+    encode,
+    new_event,
+)
 from handoff_schemas.catalogue import dead_letter_topic
 
 pytestmark = pytest.mark.integration
@@ -87,12 +96,12 @@ class Rig:
             return int(await conn.scalar(sa.select(sa.func.count()).select_from(self.effects)) or 0)
 
 
-def lead_event(email: str = "ada@acme.io") -> CloudEvent[Any]:
+def lead_event(email: str = "ada@acme.io", traceparent: str | None = None) -> CloudEvent[Any]:
     lead_id = uuid.uuid4().hex
     data = LeadCreatedV1(
         lead_id=lead_id, received_at=datetime.now(UTC), lead=LeadProfile(email=email)
     )
-    return new_event(data, source="/tests", subject=lead_id)
+    return new_event(data, source="/tests", subject=lead_id, traceparent=traceparent)
 
 
 @pytest.fixture
@@ -553,9 +562,15 @@ async def outbox_rows(rig: Rig) -> list[tuple[str, str | None]]:
 
 async def test_a_batch_handler_gets_a_batchs_fresh_events_in_one_call(rig: Rig) -> None:
     """Consecutive events for a set-based handler are handed over together, in order, a
-    copy of an earlier event left out; their announcements reach the outbox in that order."""
+    copy of an earlier event left out; their announcements reach the outbox in that order,
+    each in the trace of the event about its lead."""
     calls: list[list[str]] = []
-    first, second, third = lead_event(), lead_event(), lead_event()
+    traces = [f"{n:032x}" for n in (1, 2)]
+    first, second, third = (
+        lead_event(traceparent=f"00-{traces[0]}-{'1' * 16}-01"),
+        lead_event(),
+        lead_event(traceparent=f"00-{traces[1]}-{'2' * 16}-01"),
+    )
 
     await batch_loop(rig, calls).process_batch(as_records(rig, [first, second, first, third]))
 
@@ -563,6 +578,11 @@ async def test_a_batch_handler_gets_a_batchs_fresh_events_in_one_call(rig: Rig) 
     assert calls == [leads]
     assert sorted(await applied_leads(rig)) == sorted(leads)
     assert await outbox_rows(rig) == [(rig.topic, lead) for lead in leads]
+    async with rig.db.engine.connect() as conn:
+        table = rig.db.tables.outbox
+        values = (await conn.execute(sa.select(table.c.value).order_by(table.c.id))).scalars()
+        announced = [decode(value).traceparent for value in values]
+    assert [trace_id_of(t) for t in announced] == [traces[0], None, traces[1]]
     counted = {
         outcome: EVENTS_CONSUMED.labels(rig.service, rig.topic, outcome)._value.get()
         for outcome in ("processed", "duplicate")

@@ -27,7 +27,7 @@ from handoff_scorer.scoring import load_demo_icp
 
 pytestmark = pytest.mark.integration
 
-SLA_SECONDS = 5
+SLA_SECONDS = 8
 BACKLOG_MAX_AGE_SECONDS = 6
 # The unsigned local webhook source, and the admin token teams, reps and the ICP need.
 CLIENT_HEADERS = {"webhook-source": "local", **admin_headers()}
