@@ -31,7 +31,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from pydantic import BaseModel
-from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql import insert
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
 from handoff_schemas import CloudEvent, InvalidEvent, decode
@@ -144,6 +144,17 @@ class ConsumerLoop:
         # the first time this member owns it; the processed-events marks skip the repeats.
         self.from_beginning = from_beginning
         self._rewound: set[TopicPartition] = set()
+        # One statement text whatever the batch size (arrays, not a VALUES list per size), so
+        # the driver prepares it once.
+        self._claim_statement = sa.text(
+            f'INSERT INTO "{db.tables.schema}".processed_events'
+            ' (event_key, topic, partition, "offset", outcome)'
+            " SELECT key, topic, partition, position, 'processed' FROM unnest("
+            " CAST(:keys AS text[]), CAST(:topics AS text[]),"
+            " CAST(:partitions AS int4[]), CAST(:offsets AS int8[])"
+            " ) AS claimed(key, topic, partition, position)"
+            " ON CONFLICT (event_key) DO NOTHING RETURNING event_key"
+        )
 
     async def run(self) -> None:
         """Consume until cancelled. A failed batch is rolled back and consumed again."""
@@ -222,12 +233,19 @@ class ConsumerLoop:
     ) -> None:
         """Mark every record's event processed in one statement, then apply the ones that
         were not already (a copy of an event later in the same batch is a duplicate).
-        Consecutive events for one batch handler are applied together."""
-        keyed = [(record, *_event_key(record.value)) for record in records]
+        Consecutive events for one batch handler are applied together. A record that does
+        not decode fails the fast path: record by record, it is dead-lettered."""
+        events = [decode(record.value) for record in records]
+        keyed = [
+            (record, event.id, event.traceparent)
+            for record, event in zip(records, events, strict=True)
+        ]
         fresh = await self._claim(uow, keyed)
         run = _Run()
         halfway = len(records) // 2
-        for index, (record, key, traceparent) in enumerate(keyed):
+        for index, ((record, key, traceparent), event) in enumerate(
+            zip(keyed, events, strict=True)
+        ):
             if index == halfway and index > 0 and crashpoints.is_armed("mid_batch"):
                 await self._apply_run(uow, run)  # the first half, applied before the crash
                 crashpoints.reached("mid_batch")
@@ -236,7 +254,6 @@ class ConsumerLoop:
                 self._observe(uow, record, key, traceparent, "duplicate", time.perf_counter())
                 continue
             fresh.discard(dedupe_key)
-            event = decode(record.value)
             if event.type in self.spec.batch_handlers:
                 if run.events and run.events[0].type != event.type:
                     await self._apply_run(uow, run)
@@ -271,33 +288,17 @@ class ConsumerLoop:
         self, uow: UnitOfWork, keyed: list[tuple[ConsumerRecord[bytes, bytes], str, str | None]]
     ) -> set[str]:
         """Insert the processed marks of a batch; the dedupe keys that were new."""
-        rows: dict[str, dict[str, Any]] = {}
+        rows: dict[str, ConsumerRecord[bytes, bytes]] = {}
         for record, key, _ in keyed:
-            dedupe_key = self.dedupe_key(key)
-            rows.setdefault(
-                dedupe_key,
-                {
-                    "event_key": dedupe_key,
-                    "topic": record.topic,
-                    "partition": record.partition,
-                    "offset": record.offset,
-                    "outcome": "processed",
-                },
-            )
-        table = uow.tables.processed_events
-        columns = ("event_key", "topic", "partition", "offset", "outcome")
-        types = (sa.Text, sa.Text, sa.Integer, sa.BigInteger, sa.Text)
-        # One statement text whatever the batch size (arrays, not a VALUES list per size), so
-        # the driver prepares it once.
-        arrays = [
-            sa.func.unnest(sa.literal([row[c] for row in rows.values()], ARRAY(t)))
-            for c, t in zip(columns, types, strict=True)
-        ]
+            rows.setdefault(self.dedupe_key(key), record)
         inserted = await uow.session.execute(
-            insert(table)
-            .from_select([table.c[c] for c in columns], sa.select(*arrays))
-            .on_conflict_do_nothing(index_elements=[table.c.event_key])
-            .returning(table.c.event_key)
+            self._claim_statement,
+            {
+                "keys": list(rows),
+                "topics": [record.topic for record in rows.values()],
+                "partitions": [record.partition for record in rows.values()],
+                "offsets": [record.offset for record in rows.values()],
+            },
         )
         return set(inserted.scalars())
 
