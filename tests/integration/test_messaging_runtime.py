@@ -484,26 +484,9 @@ async def test_work_undone_by_a_failed_batch_leaves_no_after_commit_callbacks_be
         if str(event.data.lead.email).startswith("poison"):
             raise Boom(f"cannot process {event.data.lead_id}")
 
-    consumer.subscribe_to(rig.topic)
-    loop = ConsumerLoop(
-        consumer,
-        None,  # process_batch never touches the broker
-        rig.db,
-        ConsumerSettings(
-            service=rig.service,
-            max_records=10,
-            max_attempts=2,
-            retry_backoff_s=0.01,
-            commit_timeout_s=5,
-        ),
-    )
     events = [lead_event(), lead_event("poison@acme.io"), lead_event()]
-    records = [
-        ConsumerRecord(rig.topic, 0, offset, 0, 0, e.subject.encode(), encode(e), None, 0, 0, [])
-        for offset, e in enumerate(events)
-    ]
 
-    await loop.process_batch(records)
+    await offline_loop(rig, consumer).process_batch(as_records(rig, events))
 
     assert sorted(announced) == sorted([events[0].data.lead_id, events[2].data.lead_id])
     counted = {
@@ -530,6 +513,11 @@ def batch_loop(rig: Rig, calls: list[list[str]]) -> ConsumerLoop:
         if any(str(event.data.lead.email).startswith("poison") for event in events):
             raise Boom("cannot process a poison lead")
 
+    return offline_loop(rig, consumer)
+
+
+def offline_loop(rig: Rig, consumer: Consumer) -> ConsumerLoop:
+    """A loop on `rig`'s topic for calling `process_batch` directly (no broker)."""
     consumer.subscribe_to(rig.topic)
     return ConsumerLoop(
         consumer,
