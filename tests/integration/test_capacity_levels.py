@@ -13,17 +13,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
-from support.infra import Infra
+from support.infra import Infra, service_database
 
 from handoff_router import service
 from handoff_router.models import Assignment, Decision
 from handoff_router.repository import RouterRepository
 from handoff_router.settings import RouterSettings
 from handoff_router.workers import check_capacity, team_loads
-from handoff_runtime.db import Database, async_url
-from handoff_runtime.migrations import upgrade
+from handoff_runtime.db import Database
 from handoff_schemas import (
     CAPACITY,
     FitGrade,
@@ -40,30 +37,15 @@ NOW = datetime.now(UTC)
 SETTINGS = RouterSettings(rate_window_hours=4, busy_utilisation=0.8)
 
 
-async def _on_server(url: str, statement: str) -> None:
-    engine = create_async_engine(async_url(url), isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(sa.text(statement))
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture(scope="module")
 async def db(infra: Infra) -> AsyncIterator[Database]:
     """The router's tables in a fresh database of this module."""
-    name = f"router_capacity_{uuid.uuid4().hex[:12]}"
-    url = make_url(infra.database_url).set(database=name).render_as_string(hide_password=False)
-    await _on_server(infra.database_url, f'CREATE DATABASE "{name}"')
-    try:
-        await asyncio.to_thread(upgrade, "router", url)
+    with service_database(infra.database_url, "router") as url:
         database = Database(url, schema="router", source="/handoff/router", pool_size=8)
         try:
             yield database
         finally:
             await database.dispose()
-    finally:
-        await _on_server(infra.database_url, f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def scored(lead_id: str) -> LeadScoredV1:

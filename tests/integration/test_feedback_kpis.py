@@ -41,16 +41,13 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from pydantic import BaseModel
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
-from support.infra import embedded_infra
+from support.infra import embedded_infra, service_database
 from support.kafka import produce
 from support.processes import running_instances
 
 from handoff_feedback.kpi_models import Stage
 from handoff_feedback.kpis import kpi_projection
-from handoff_runtime.db import Database, async_url
-from handoff_runtime.migrations import upgrade
+from handoff_runtime.db import Database
 from handoff_schemas import (
     WORKING_STATUSES,
     CloudEvent,
@@ -650,6 +647,31 @@ def grouped(events: list[CloudEvent[Any]], how: int) -> list[list[CloudEvent[Any
     return list(by_type.values())
 
 
+async def _merge_in_every_grouping(db: Database) -> tuple[list[tuple[Any, ...]], list[Lead]]:
+    """Feed each of 31 leads' events to the projection's batch handlers on `db`: the first in
+    the real order, the rest shuffled, grouped three ways; return each lead's row."""
+    shuffler = random.Random(20261102)
+    leads = [Lead(f"merge-{n}", T0, EBOOK, None) for n in range(31)]
+    for n, one in enumerate(leads):
+        events = [decode(value) for _, _, value in merge_story(one)]
+        if n:
+            shuffler.shuffle(events)
+        async with db.unit_of_work() as uow:
+            for group in grouped(events, n % 3):
+                await kpi_projection.batch_handlers[group[0].type](uow, group)
+    async with db.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                sa.text(
+                    "SELECT l.*, o.status, o.reason, o.amount, o.rep_id AS outcome_rep "
+                    "FROM feedback.kpi_leads l JOIN feedback.kpi_outcomes o USING (lead_id)"
+                )
+            )
+        ).mappings()
+        states = [tuple((k, v) for k, v in row.items() if k != "lead_id") for row in rows]
+    return states, leads
+
+
 async def test_any_delivery_order_of_a_leads_events_ends_in_the_same_read_model_row(
     stack: Stack,
 ) -> None:
@@ -657,35 +679,12 @@ async def test_any_delivery_order_of_a_leads_events_ends_in_the_same_read_model_
     30 random orders (as many leads), handed over one at a time, in runs of one type (as a
     consumed batch hands them), or all of a type at once: every order and grouping must end
     in the row and outcome of the real order."""
-    url = make_url(stack.database_url).set(database="kpi_merge")
-    server = create_async_engine(async_url(stack.database_url), isolation_level="AUTOCOMMIT")
-    async with server.connect() as conn:
-        await conn.execute(sa.text('CREATE DATABASE "kpi_merge"'))
-    await server.dispose()
-    await asyncio.to_thread(upgrade, "feedback", url.render_as_string(hide_password=False))
-    db = Database(url.render_as_string(hide_password=False), schema="feedback", source="/test")
-    shuffler = random.Random(20261102)
-    try:
-        leads = [Lead(f"merge-{n}", T0, EBOOK, None) for n in range(31)]
-        for n, one in enumerate(leads):
-            events = [decode(value) for _, _, value in merge_story(one)]
-            if n:
-                shuffler.shuffle(events)
-            async with db.unit_of_work() as uow:
-                for group in grouped(events, n % 3):
-                    await kpi_projection.batch_handlers[group[0].type](uow, group)
-        async with db.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    sa.text(
-                        "SELECT l.*, o.status, o.reason, o.amount, o.rep_id AS outcome_rep "
-                        "FROM feedback.kpi_leads l JOIN feedback.kpi_outcomes o USING (lead_id)"
-                    )
-                )
-            ).mappings()
-            states = [tuple((k, v) for k, v in row.items() if k != "lead_id") for row in rows]
-    finally:
-        await db.dispose()
+    with service_database(stack.database_url, "feedback") as url:
+        db = Database(url, schema="feedback", source="/test")
+        try:
+            states, leads = await _merge_in_every_grouping(db)
+        finally:
+            await db.dispose()
     assert len(states) == len(leads)
     distinct = set(states)
     assert len(distinct) == 1, "the delivery order changed what the read model holds"

@@ -51,13 +51,10 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
-from support.infra import Infra
+from support.infra import Infra, service_database
 
 from handoff_router import service
-from handoff_runtime.db import Database, UnitOfWork, async_url
-from handoff_runtime.migrations import upgrade
+from handoff_runtime.db import Database, UnitOfWork
 from handoff_schemas import (
     FitGrade,
     LeadProfile,
@@ -85,34 +82,11 @@ SCORES = st.sampled_from([50, 90]) | st.integers(0, 100)
 # --- the database of this module ---------------------------------------------------------
 
 
-async def _on_server(url: str, statement: str) -> None:
-    """Run one statement outside a transaction (CREATE/DROP DATABASE need that)."""
-    engine = create_async_engine(async_url(url), isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(sa.text(statement))
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture(scope="module")
 def router_database(infra: Infra) -> Iterator[str]:
     """A fresh database on the session's server with the router's migrations applied."""
-    name = f"router_inv_{uuid.uuid4().hex[:12]}"
-    url = make_url(infra.database_url).set(database=name).render_as_string(hide_password=False)
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(_on_server(infra.database_url, f'CREATE DATABASE "{name}"'))
-        try:
-            loop.run_until_complete(asyncio.to_thread(upgrade, "router", url))
-            yield url
-        finally:
-            loop.run_until_complete(
-                _on_server(infra.database_url, f'DROP DATABASE "{name}" WITH (FORCE)')
-            )
-    finally:
-        loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()
+    with service_database(infra.database_url, "router") as url:
+        yield url
 
 
 # --- what the database holds, read with SQL ------------------------------------------------

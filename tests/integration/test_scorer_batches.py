@@ -5,20 +5,15 @@ announcements, in the same order."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
-from support.infra import Infra
+from support.infra import Infra, service_database
 
-from handoff_runtime.db import Database, async_url
-from handoff_runtime.migrations import upgrade
+from handoff_runtime.db import Database
 from handoff_schemas import LEAD_SCORED, Activity, LeadCreatedV1, LeadProfile, decode
 from handoff_scorer import service
 from handoff_scorer.scoring import load_demo_icp
@@ -28,27 +23,24 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 2, 9, tzinfo=UTC)
 
 
-async def scorer_database(infra: Infra) -> Database:
-    """A database of its own with the scorer's schema and the demo ICP published."""
-    name = f"scorer_{uuid.uuid4().hex[:8]}"
-    server = create_async_engine(async_url(infra.database_url), isolation_level="AUTOCOMMIT")
-    async with server.connect() as conn:
-        await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    await server.dispose()
-    url = make_url(infra.database_url).set(database=name).render_as_string(hide_password=False)
-    await asyncio.to_thread(upgrade, "scorer", url)
-    db = Database(url, schema="scorer", source="/handoff/scorer")
-    async with db.unit_of_work() as uow:
-        await service.publish_icp(uow, load_demo_icp(), now=T0)
-    return db
-
-
 @pytest.fixture
 async def databases(infra: Infra) -> AsyncIterator[tuple[Database, Database]]:
-    one, other = await scorer_database(infra), await scorer_database(infra)
-    yield one, other
-    await one.dispose()
-    await other.dispose()
+    """Two databases of their own with the scorer's schema and the demo ICP published."""
+    with (
+        service_database(infra.database_url, "scorer") as one_url,
+        service_database(infra.database_url, "scorer") as other_url,
+    ):
+        one, other = (
+            Database(url, schema="scorer", source="/handoff/scorer") for url in (one_url, other_url)
+        )
+        try:
+            for db in (one, other):
+                async with db.unit_of_work() as uow:
+                    await service.publish_icp(uow, load_demo_icp(), now=T0)
+            yield one, other
+        finally:
+            await one.dispose()
+            await other.dispose()
 
 
 def created(lead_id: str, email: str, **profile: Any) -> LeadCreatedV1:

@@ -71,6 +71,13 @@ class Assignment(SQLModel, table=True):
             postgresql_where=sa.text("active"),
         ),
         sa.Index("assignments_rep_assigned_at", "rep_id", "assigned_at"),
+        sa.Index(
+            "assignments_account_owner",
+            "account_domain",
+            "active",
+            "assigned_at",
+            postgresql_where=sa.text("account_domain IS NOT NULL"),
+        ),
         {"schema": SCHEMA},
     )
 
@@ -84,6 +91,9 @@ class Assignment(SQLModel, table=True):
     released_at: datetime | None = Field(default=None, sa_type=TS)
     release_reason: str | None = None
     first_touched_at: datetime | None = Field(default=None, sa_type=TS)
+    account_domain: str | None = Field(
+        default=None, description="The lead's account when the assignment was made."
+    )
 
 
 class RoutedLead(SQLModel, table=True):

@@ -119,14 +119,18 @@ class RouterRepository:
 
     async def account_owner(self, account_domain: str) -> str | None:
         """The rep who owns an account: the owner of its current (else latest) assignment."""
-        query = (
+        query = self.account_owner_query(account_domain)
+        return (await self.session.execute(query)).scalars().first()
+
+    @staticmethod
+    def account_owner_query(account_domain: str) -> sa.Select[tuple[str]]:
+        """The account-owner lookup: one backward step through `assignments_account_owner`."""
+        return (
             sa.select(col(Assignment.rep_id))
-            .join(RoutedLead, col(RoutedLead.lead_id) == col(Assignment.lead_id))
-            .where(col(RoutedLead.account_domain) == account_domain)
+            .where(col(Assignment.account_domain) == account_domain)
             .order_by(col(Assignment.active).desc(), col(Assignment.assigned_at).desc())
             .limit(1)
         )
-        return (await self.session.execute(query)).scalars().first()
 
     async def teams_with_backlog(self) -> list[str]:
         """Teams with at least one queued lead."""

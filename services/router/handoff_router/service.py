@@ -359,6 +359,7 @@ async def _assign(
             team_id=rep.team_id,
             assigned_at=now,
             cycle=scored.cycle,
+            account_domain=scored.account_domain,
         )
     )
     _record_decision(repo, scored, "assigned", decision, now)
