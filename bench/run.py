@@ -92,6 +92,8 @@ class Running:
     batch_intake: str | None
     topic: str
     processes: dict[str, list[int]]
+    metrics: dict[str, str] = field(default_factory=dict)
+    """Where each process serves its Prometheus metrics, when it does."""
 
 
 @contextmanager
@@ -131,6 +133,9 @@ def handoff(infra: Infra) -> Iterator[Running]:
             processes={
                 name: [stack.processes[name].process.pid]
                 for name in ("scorer", "router", "feedback")
+            },
+            metrics={
+                name: f"{stack.url(name)}/metrics" for name in ("scorer", "router", "feedback")
             },
         )
     finally:

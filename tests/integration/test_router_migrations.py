@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from support.infra import Infra, service_database
 
-from handoff_router.repository import RouterRepository
+from handoff_router.repository import ACCOUNT_OWNERS, RouterRepository
 from handoff_runtime.db import Database
 from handoff_runtime.migrations import upgrade
 
@@ -67,13 +68,10 @@ async def test_upgrading_keeps_every_accounts_owner_and_the_lookup_reads_one_ind
             await asyncio.to_thread(upgrade, "router", url)
 
             async with db.engine.connect() as conn:
-                accounts = dict(
-                    (
-                        await conn.execute(
-                            sa.text("SELECT lead_id, account_domain FROM router.assignments")
-                        )
-                    ).all()
+                rows = await conn.execute(
+                    sa.text("SELECT lead_id, account_domain FROM router.assignments")
                 )
+                accounts = {lead_id: domain for lead_id, domain in rows}
             assert accounts == {
                 "acme-old": "acme.com",
                 "acme-new": "acme.com",
@@ -82,10 +80,12 @@ async def test_upgrading_keeps_every_accounts_owner_and_the_lookup_reads_one_ind
             }
             async with db.unit_of_work() as uow:
                 repo = RouterRepository(uow.session)
-                # acme.com: the active assignment wins over the older, released one.
-                assert await repo.account_owner("acme.com") == "bob"
-                assert await repo.account_owner("globex.com") == "ann"
-                assert await repo.account_owner("initech.com") is None
+                # acme.com: the active assignment wins over the older, released one;
+                # initech.com has no owner.
+                assert await repo.account_owners(["acme.com", "globex.com", "initech.com"]) == {
+                    "acme.com": "bob",
+                    "globex.com": "ann",
+                }
                 # Released, the account's latest assignment still names its owner.
                 await uow.session.execute(
                     sa.text(
@@ -94,15 +94,15 @@ async def test_upgrading_keeps_every_accounts_owner_and_the_lookup_reads_one_ind
                     ),
                     {"at": T0 + timedelta(hours=1)},
                 )
-                assert await repo.account_owner("acme.com") == "bob"
-                # The lookup is one index range whatever the table holds (the planner would
-                # scan four rows instead, so scans are taken off the table for the check).
+                assert await repo.account_owners(["acme.com"]) == {"acme.com": "bob"}
+                # The lookup is one index range per account whatever the table holds (the
+                # planner would scan four rows instead, so scans are taken off the table).
                 await uow.session.execute(sa.text("SET LOCAL enable_seqscan = off"))
-                lookup = repo.account_owner_query("acme.com").compile(
-                    uow.session.bind, compile_kwargs={"literal_binds": True}
+                explain = sa.text(f"EXPLAIN {ACCOUNT_OWNERS.text}").bindparams(
+                    sa.bindparam("domains", type_=ARRAY(sa.String))
                 )
                 plan = "\n".join(
-                    (await uow.session.execute(sa.text(f"EXPLAIN {lookup}"))).scalars()
+                    (await uow.session.execute(explain, {"domains": ["acme.com"]})).scalars()
                 )
             assert "assignments_account_owner" in plan
             assert "Sort" not in plan, plan

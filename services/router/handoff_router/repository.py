@@ -8,10 +8,24 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from .models import Assignment, BacklogEntry, Decision, Rep, RoutedLead, RoutingRule, Team
+
+ACCOUNT_OWNERS = sa.text(
+    """
+    SELECT account.domain, owner.rep_id
+    FROM unnest(:domains) AS account (domain)
+    CROSS JOIN LATERAL (
+        SELECT rep_id FROM router.assignments
+        WHERE account_domain = account.domain
+        ORDER BY active DESC, assigned_at DESC
+        LIMIT 1
+    ) AS owner
+    """
+).bindparams(sa.bindparam("domains", type_=ARRAY(sa.String)))
 
 
 class RouterRepository:
@@ -117,20 +131,12 @@ class RouterRepository:
         )
         return [i for i in (await self.session.execute(query)).scalars().all() if i is not None]
 
-    async def account_owner(self, account_domain: str) -> str | None:
-        """The rep who owns an account: the owner of its current (else latest) assignment."""
-        query = self.account_owner_query(account_domain)
-        return (await self.session.execute(query)).scalars().first()
-
-    @staticmethod
-    def account_owner_query(account_domain: str) -> sa.Select[tuple[str]]:
-        """The account-owner lookup: one backward step through `assignments_account_owner`."""
-        return (
-            sa.select(col(Assignment.rep_id))
-            .where(col(Assignment.account_domain) == account_domain)
-            .order_by(col(Assignment.active).desc(), col(Assignment.assigned_at).desc())
-            .limit(1)
-        )
+    async def account_owners(self, account_domains: Sequence[str]) -> dict[str, str]:
+        """The rep who owns each account that has one: the owner of the account's current
+        (else latest) assignment. One backward step through `assignments_account_owner` per
+        account, whatever the account holds."""
+        rows = await self.session.execute(ACCOUNT_OWNERS, {"domains": list(account_domains)})
+        return {domain: rep_id for domain, rep_id in rows}
 
     async def teams_with_backlog(self) -> list[str]:
         """Teams with at least one queued lead."""

@@ -136,6 +136,8 @@ class _Routing:
 
     repo: RouterRepository
     routed: dict[str, RoutedLead]
+    owners: dict[str, str] = field(default_factory=dict)
+    """The owner of each of the batch's accounts that has one, kept as the batch assigns."""
     _rules: list[Rule] | None = None
     _default_team: Team | None = None
     _teams: dict[str, tuple[list[Rep], dict[str, int]]] = field(default_factory=dict)
@@ -163,8 +165,11 @@ class _Routing:
         reps, today = self._teams[team_id]
         return reps, [_rep_load(r, today.get(r.id, 0)) for r in reps]
 
-    def assigned(self, rep: Rep) -> None:
-        """Count an assignment this batch made in the rep's day."""
+    def assigned(self, rep: Rep, account_domain: str | None) -> None:
+        """Count an assignment this batch made in the rep's day; the rep now owns the lead's
+        account (theirs is its newest active assignment)."""
+        if account_domain is not None:
+            self.owners[account_domain] = rep.id
         if rep.daily_cap is not None and rep.team_id in self._teams:
             today = self._teams[rep.team_id][1]
             today[rep.id] = today.get(rep.id, 0) + 1
@@ -196,7 +201,12 @@ async def route_scored_leads(
     in one sales cycle: only a lead that re-qualified (a higher cycle) after sales let it go
     is routed again, its earlier decisions and assignments kept as its history."""
     repo = RouterRepository(uow.session)
-    routing = _Routing(repo, routed=await repo.routed_leads([s.lead_id for s in batch]))
+    accounts = {s.account_domain for s in batch if s.account_domain}
+    routing = _Routing(
+        repo,
+        routed=await repo.routed_leads([s.lead_id for s in batch]),
+        owners=await repo.account_owners(sorted(accounts)) if accounts else {},
+    )
     return [
         await _route(uow, routing, scored, nurture_from, account_owner_full) for scored in batch
     ]
@@ -266,7 +276,7 @@ async def _assign_placed(
     )
     routing.routed[scored.lead_id] = placed
     await _assign(uow, routing.repo, scored, rep, decision, placed)
-    routing.assigned(rep)
+    routing.assigned(rep, scored.account_domain)
 
 
 async def _route_to_account_owner(
@@ -281,7 +291,7 @@ async def _route_to_account_owner(
     False sends the lead through the normal rules."""
     assert scored.account_domain is not None
     repo = routing.repo
-    owner_id = await repo.account_owner(scored.account_domain)
+    owner_id = routing.owners.get(scored.account_domain)
     owner = await repo.rep(owner_id) if owner_id else None
     if owner is None:
         return False
