@@ -562,16 +562,18 @@ def both_systems(results: dict[str, dict[str, dict[str, Any]]]) -> bool:
 def summary(results: dict[str, dict[str, dict[str, Any]]], rates: list[float]) -> str:
     lines = [
         "",
-        f"{'system':9}{'phase':12}{'routed/s':>9}{'e2e p50':>9}{'p95':>8}{'p99':>8}{'max':>8}"
-        f"{'http p50':>9}{'p99':>8}  cpu us/lead (per process group)",
+        f"{'system':9}{'phase':12}{'routed/s':>9}{'e2e p50':>10}{'p95':>10}{'p99':>10}{'max':>10}"
+        f"{'http p50':>10}{'p99':>10}  cpu us/lead (per process group)",
     ]
     for system, phases in results.items():
         for name, f in phases.items():
             e, h = f["e2e_ms"], f["http_ms"]
             cpu = " ".join(f"{k}={v:g}" for k, v in f["cpu_us_per_lead"].items())
             lines.append(
-                f"{system:9}{name:12}{f['throughput_per_s']:>9.0f}{e['p50']:>9.1f}{e['p95']:>8.1f}"
-                f"{e['p99']:>8.1f}{e['max']:>8.1f}{h['p50']:>9.1f}{h['p99']:>8.1f}  {cpu}"
+                f"{system:9}{name:12}{f['throughput_per_s']:>9.0f}"
+                + "".join(f" {ms:>9.1f}" for ms in (e["p50"], e["p95"], e["p99"], e["max"]))
+                + "".join(f" {ms:>9.1f}" for ms in (h["p50"], h["p99"]))
+                + f"  {cpu}"
             )
     for system, phases in results.items():
         peak: dict[str, float] = {}
