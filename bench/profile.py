@@ -1,7 +1,7 @@
 """Where Handoff's CPU goes under load: py-spy samples each service while the load generator
 saturates the intake, and the hottest functions are printed per service.
 
-    python bench/profile.py [--seconds 20] [--mode saturate|rate --rate 300]
+    python bench/profile.py [--seconds 20] [--mode saturate|rate --rate 300] [--gil]
 
 Writes bench/out/profile-<service>.svg (flame graphs) and bench/out/profile-<service>.txt
 (collapsed stacks). Sampling is `--nonblocking`, so the services run at full speed.
@@ -24,6 +24,26 @@ PY_SPY = Path(sys.executable).with_name("py-spy")
 
 
 OUTER = ("asyncio/", "<frozen", "threading.py", "contextlib.py", "uvicorn/", "starlette/")
+
+
+ACTIVITIES = (
+    ("HTTP requests", "RequestResponseCycle.run_asgi"),
+    ("consumers", "ConsumerLoop."),
+    ("outbox relay", "OutboxRelay."),
+    ("SQLAlchemy in its greenlets (any of the above)", "greenlet_spawn"),
+    ("broker client", "aiokafka/"),
+)
+
+
+def activities(collapsed: Path) -> str:
+    """Samples by what the process was doing, by the first activity a stack shows."""
+    counts: Counter[str] = Counter()
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        name = next((name for name, mark in ACTIVITIES if mark in stack), "event loop and other")
+        counts[name] += int(count)
+    samples = sum(counts.values()) or 1
+    return "\n".join(f"    {100 * n / samples:5.1f}%  {name}" for name, n in counts.most_common())
 
 
 def hottest(collapsed: Path, top: int) -> str:
@@ -95,6 +115,7 @@ def profile(args: argparse.Namespace) -> None:
                             "--rate",
                             "50",
                             "--nonblocking",
+                            *(["--gil"] if args.gil else []),
                             "--format",
                             fmt,
                             "--output",
@@ -113,7 +134,9 @@ def profile(args: argparse.Namespace) -> None:
         f"cpu us/lead {figures['cpu_us_per_lead']}"
     )
     for name in running.processes:
-        print(f"\n{name}:\n{sizes[name]}\n{hottest(OUT / f'profile-{name}.txt', args.top)}")
+        collapsed = OUT / f"profile-{name}.txt"
+        print(f"\n{name}:\n{sizes[name]}\n  by activity:\n{activities(collapsed)}")
+        print(hottest(collapsed, args.top))
 
 
 def main() -> None:
@@ -123,6 +146,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=300)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument(
+        "--gil", action="store_true", help="sample only the thread holding the GIL (CPU time)"
+    )
     args = parser.parse_args()
     profile(args)
 
