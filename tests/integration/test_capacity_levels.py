@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from support.events import scored_lead
 from support.infra import Infra, service_database
 
 from handoff_router import service
@@ -24,8 +25,6 @@ from handoff_runtime.db import Database
 from handoff_schemas import (
     CAPACITY,
     FitGrade,
-    LeadProfile,
-    LeadScoredV1,
     LeadStatus,
     LeadStatusChangedV1,
     decode,
@@ -48,20 +47,6 @@ async def db(infra: Infra) -> AsyncIterator[Database]:
             await database.dispose()
 
 
-def scored(lead_id: str) -> LeadScoredV1:
-    return LeadScoredV1(
-        lead_id=lead_id,
-        icp_version=1,
-        score=80,
-        grade=FitGrade.A,
-        engagement_level=2,
-        contributions=[],
-        scored_at=NOW,
-        received_at=NOW,
-        lead=LeadProfile(email=f"{lead_id}@acme.io"),
-    )
-
-
 async def new_team(db: Database, name: str, *capacities: int) -> tuple[str, list[str]]:
     async with db.unit_of_work() as uow:
         team = await service.create_team(uow, name)
@@ -79,7 +64,7 @@ async def route_to(db: Database, team_id: str, lead_id: str) -> str:
     async with db.unit_of_work() as uow:
         await service.replace_rules(uow, [{"name": "all", "team_id": team_id, "conditions": {}}])
         (outcome,) = await service.route_scored_leads(
-            uow, [scored(lead_id)], nurture_from=FitGrade.D
+            uow, [scored_lead(lead_id, at=NOW)], nurture_from=FitGrade.D
         )
         return outcome
 

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
+from support.events import scored_lead
 from support.infra import embedded_infra
 from support.kafka import produce, read_topic
 from support.processes import running_instances
@@ -47,7 +48,6 @@ from handoff_schemas import (
     LeadAssignedV1,
     LeadCreatedV1,
     LeadProfile,
-    LeadScoredV1,
     LeadStatus,
     RoutingDecision,
     decode,
@@ -417,25 +417,11 @@ def lifecycle_events(a: str, b: str) -> list[CloudEvent[Any]]:
         profile = LeadProfile(email=f"{lead_id}@example.com", campaign="spring")
         return LeadCreatedV1(lead_id=lead_id, received_at=datetime.now(UTC), lead=profile)
 
-    def scored(lead_id: str, cycle: int) -> LeadScoredV1:
-        return LeadScoredV1(
-            lead_id=lead_id,
-            icp_version=1,
-            score=80,
-            grade=FitGrade.A,
-            engagement_level=2,
-            contributions=[],
-            scored_at=datetime.now(UTC),
-            received_at=datetime.now(UTC),
-            lead=LeadProfile(email=f"{lead_id}@example.com"),
-            cycle=cycle,
-        )
-
     story: list[Any] = [
         created(a),
         created(a),
-        scored(a, 1),
-        scored(b, 2),
+        scored_lead(a, email=f"{a}@example.com", cycle=1),
+        scored_lead(b, email=f"{b}@example.com", cycle=2),
         assigned(a),
         assigned(b, cycle=2),
         assigned(a, rep_id="rep_2"),

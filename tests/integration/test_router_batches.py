@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from support.events import scored_lead
 from support.infra import Infra, service_database
 
 from handoff_router import service
 from handoff_runtime.db import Database
-from handoff_schemas import FitGrade, LeadProfile, LeadScoredV1
+from handoff_schemas import FitGrade, LeadScoredV1
 
 pytestmark = pytest.mark.integration
 
@@ -28,18 +29,8 @@ ACCOUNTS += [None, "globex.com", "initech.com", "globex.com", "acme.com"]
 
 
 def scored(n: int, domain: str | None) -> LeadScoredV1:
-    return LeadScoredV1(
-        lead_id=f"lead-{n:02d}",
-        icp_version=1,
-        score=80,
-        grade=FitGrade.A,
-        engagement_level=2,
-        contributions=[],
-        scored_at=T0,
-        received_at=T0,
-        lead=LeadProfile(email=f"buyer{n}@{domain or 'gmail.com'}"),
-        account_domain=domain,
-    )
+    email = f"buyer{n}@{domain or 'gmail.com'}"
+    return scored_lead(f"lead-{n:02d}", at=T0, email=email, account_domain=domain)
 
 
 @pytest.fixture

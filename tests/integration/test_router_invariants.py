@@ -51,13 +51,13 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from support.events import scored_lead
 from support.infra import Infra, service_database
 
 from handoff_router import service
 from handoff_runtime.db import Database, UnitOfWork
 from handoff_schemas import (
     FitGrade,
-    LeadProfile,
     LeadScoredV1,
     LeadStatus,
     LeadStatusChangedV1,
@@ -201,22 +201,10 @@ class RepModel:
     active: bool
 
 
-def scored_event(lead_id: str, grade: FitGrade, score: int) -> LeadScoredV1:
-    return LeadScoredV1(
-        lead_id=lead_id,
-        icp_version=1,
-        score=score,
-        grade=grade,
-        engagement_level=2,
-        contributions=[],
-        scored_at=NOW,
-        received_at=NOW,
-        lead=LeadProfile(email=f"{lead_id}@acme.io"),
-    )
-
-
 def new_lead(seq: int, grade: FitGrade, score: int) -> LeadModel:
-    return LeadModel(f"lead-{seq:03d}", seq, scored_event(f"lead-{seq:03d}", grade, score))
+    return LeadModel(
+        f"lead-{seq:03d}", seq, scored_lead(f"lead-{seq:03d}", at=NOW, grade=grade, score=score)
+    )
 
 
 async def route(uow: UnitOfWork, batch: list[LeadScoredV1]) -> list[str]:
@@ -634,7 +622,7 @@ def test_a_lead_that_requalifies_before_its_release_arrives_is_routed_again_on_r
             async with db.unit_of_work() as uow:
                 await service.replace_rules(uow, rules)
             lead_id = f"lead_{uuid.uuid4().hex}"
-            first = scored_event(lead_id, FitGrade.A, 90)
+            first = scored_lead(lead_id, at=NOW, score=90)
             again = first.model_copy(update={"cycle": 2})
 
             async def outcome(scored: LeadScoredV1) -> str:
