@@ -120,3 +120,47 @@ async def test_a_batch_of_account_leads_is_routed_as_one_at_a_time(
     assert followed >= 6, state
     if policy == "queue_for_owner":
         assert any(reserved for *_, reserved, _ in state), "acme's owner was never full"
+
+
+async def test_the_statements_of_a_routed_batch_do_not_grow_with_it(infra: Infra) -> None:
+    """Routing reads the team, its reps, the accounts' owners and the leads' standing once
+    per batch, and the ORM writes each table once at the end: a batch of 40 leads costs the
+    same statements as a batch of 4, whether the leads follow their accounts' owners or go
+    through the rules. A read per lead (of a team, say) would also flush what the batch had
+    written so far, and so write every table once per lead."""
+    with service_database(infra.database_url, "router") as url:
+        db = Database(url, schema="router", source="/test")
+        statements: list[str] = []
+
+        def count(*args: Any) -> None:
+            statements.append(args[2])
+
+        try:
+            async with db.unit_of_work() as uow:
+                team = await service.create_team(uow, "Sales")
+                await uow.session.flush()
+                for n in range(4):
+                    await service.create_rep(
+                        uow, team_id=team.id, name=f"rep{n}", email=f"r{n}@x.io", capacity=500
+                    )
+            async with db.unit_of_work() as uow:  # every account gets its owner
+                await route(uow, [scored(n, f"account{n}.com") for n in range(8)], "route_normally")
+            sa.event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+            per_batch: dict[tuple[str, int], int] = {}
+            for path, accounts in (("account_owner", True), ("assigned", False)):
+                for size in (4, 40):
+                    first = 100 + len(per_batch) * 100
+                    batch = [
+                        scored(first + n, f"account{n % 8}.com" if accounts else None)
+                        for n in range(size)
+                    ]
+                    statements.clear()
+                    async with db.unit_of_work() as uow:
+                        outcomes = await route(uow, batch, "route_normally")
+                    assert outcomes == [path] * size
+                    per_batch[path, size] = len(statements)
+        finally:
+            sa.event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+            await db.dispose()
+    assert per_batch["account_owner", 40] == per_batch["account_owner", 4], per_batch
+    assert per_batch["assigned", 40] == per_batch["assigned", 4], per_batch

@@ -33,6 +33,11 @@ class RouterRepository:
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+        # The session's identity map holds rows weakly: a team nothing else refers to is
+        # dropped as soon as its caller lets go, and reading it again costs a query, and the
+        # autoflush of everything written since (per lead, in a routed batch). Teams are few
+        # and never deleted: this repository keeps the ones it has read.
+        self._teams_read: dict[str, Team] = {}
 
     def add(self, row: Any) -> None:
         """Stage a new row in the transaction."""
@@ -54,8 +59,13 @@ class RouterRepository:
         return (await self.session.execute(query)).scalars().all()
 
     async def team(self, team_id: str) -> Team | None:
-        """One team by id."""
-        return await self.session.get(Team, team_id)
+        """One team by id (teams are never deleted, so one read is good for the session)."""
+        if (known := self._teams_read.get(team_id)) is not None:
+            return known
+        team = await self.session.get(Team, team_id)
+        if team is not None:
+            self._teams_read[team_id] = team
+        return team
 
     async def default_team(self) -> Team | None:
         """The team leads go to when no rule picks another."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta
 from typing import Any
 
@@ -141,6 +141,7 @@ class _Routing:
     _rules: list[Rule] | None = None
     _default_team: Team | None = None
     _teams: dict[str, tuple[list[Rep], dict[str, int]]] = field(default_factory=dict)
+    _loads: dict[str, RepLoad] = field(default_factory=dict)
 
     async def rules(self) -> list[Rule]:
         if self._rules is None:
@@ -163,7 +164,38 @@ class _Routing:
             reps = list(await self.repo.reps(team_id, for_update=True))
             self._teams[team_id] = (reps, await self.repo.assigned_today(team_id))
         reps, today = self._teams[team_id]
-        return reps, [_rep_load(r, today.get(r.id, 0)) for r in reps]
+        return reps, [self._load(r, today.get(r.id, 0)) for r in reps]
+
+    def _load(self, rep: Rep, assigned_today: int) -> RepLoad:
+        """How the rules see a rep now. Within the batch only what an assignment changes can
+        change (the rep is locked), so the rest is parsed once per rep."""
+        known = self._loads.get(rep.id)
+        if known is None:
+            known = _rep_load(rep, assigned_today)
+        elif (known.working, known.last_assigned_at, known.assigned_today) != (
+            rep.working,
+            rep.last_assigned_at,
+            assigned_today,
+        ):
+            known = replace(
+                known,
+                working=rep.working,
+                last_assigned_at=rep.last_assigned_at,
+                assigned_today=assigned_today,
+            )
+        self._loads[rep.id] = known
+        return known
+
+    async def rep(self, rep_id: str) -> Rep | None:
+        """A rep as this batch knows it: from the reps of a team the batch has locked and
+        read (kept current as it assigns), else read now. Reading only a rep the batch has
+        not met keeps an account owner's lookup from costing a query, and the flush of
+        everything the batch has written so far, per lead."""
+        for reps, _ in self._teams.values():
+            for rep in reps:
+                if rep.id == rep_id:
+                    return rep
+        return await self.repo.rep(rep_id)
 
     def assigned(self, rep: Rep, account_domain: str | None) -> None:
         """Count an assignment this batch made in the rep's day; the rep now owns the lead's
@@ -292,7 +324,7 @@ async def _route_to_account_owner(
     assert scored.account_domain is not None
     repo = routing.repo
     owner_id = routing.owners.get(scored.account_domain)
-    owner = await repo.rep(owner_id) if owner_id else None
+    owner = await routing.rep(owner_id) if owner_id else None
     if owner is None:
         return False
     team = await repo.team(owner.team_id)
