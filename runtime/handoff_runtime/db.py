@@ -89,16 +89,32 @@ class UnitOfWork:
     async def publish(self, data: BaseModel, *, topic: str, subject: str) -> CloudEvent[Any]:
         """Stage an event for `topic`, keyed by `subject` (the lead id), in the current trace
         (that of the request, or of the consumed event about the same lead)."""
+        event, row = self.announcement(data, topic=topic, subject=subject)
+        self.stage_record(**row)
+        return event
+
+    def announcement(
+        self, data: BaseModel, *, topic: str, subject: str
+    ) -> tuple[CloudEvent[Any], dict[str, Any]]:
+        """The event `publish` would stage, and its outbox row (event_id, topic, key, value,
+        headers), for a statement that writes the row itself along with other rows; call
+        `announced` once it has."""
         traceparent = current_traceparent() or continuing(self.traces.get(subject))
         event = new_event(data, source=self.source, subject=subject, traceparent=traceparent)
-        self.stage_record(
-            topic=topic,
-            key=subject,
-            value=encode(event),
-            headers={"content-type": CONTENT_TYPE, "ce_type": event.type, "ce_id": event.id},
-            event_id=event.id,
-        )
-        return event
+        headers = {"content-type": CONTENT_TYPE, "ce_type": event.type, "ce_id": event.id}
+        row = {
+            "event_id": event.id,
+            "topic": topic,
+            "key": subject,
+            "value": encode(event),
+            "headers": headers,
+        }
+        return event, row
+
+    def announced(self, count: int = 1) -> None:
+        """Count outbox rows written by a statement of the caller's own (see `announcement`),
+        so the relay is woken when the transaction commits, as for staged events."""
+        self.staged += count
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:

@@ -9,6 +9,7 @@ models to the OpenAPI components.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -22,6 +23,26 @@ REPLAYED_HEADER = "idempotent-replayed"
 _REQUEST_MODELS: dict[str, type[BaseModel]] = {}
 
 
+@dataclass(frozen=True)
+class FirstDelivery:
+    """What a route's own one-statement path needs to claim a delivery's key together with
+    its effect: the key, the request hash, and the status the answer will have. The
+    statement must insert (key, request_hash, status_code, response) into the service's
+    `idempotency_keys` only if the key is not there yet and the effect was made, and make
+    the effect only if the key is not claimed already (a committed claim is the general
+    path's to answer: a replay, or a conflict)."""
+
+    key: str
+    request_hash: str
+    status_code: int
+
+
+FirstPath = Callable[[UnitOfWork, FirstDelivery], Awaitable[BaseModel | None]]
+"""A route's fast path for the common first delivery: it makes the effect, claims the key
+and stores the answer in one statement and returns that answer, or returns None having
+written nothing (then the general path runs in the same transaction)."""
+
+
 async def respond_once(
     db: Database,
     delivery: Delivery,
@@ -29,13 +50,22 @@ async def respond_once(
     work: Callable[[UnitOfWork], Awaitable[BaseModel]],
     *,
     outcome: Callable[[BaseModel], str] = lambda _: "accepted",
+    first: FirstPath | None = None,
 ) -> JSONResponse:
     """Run `work` in one unit of work and answer with its result (and `status_code`, or the
     status it gives for the result); a repeated delivery (same webhook-id or Idempotency-Key
     and same body) gets the first answer again and changes nothing, and the same key with
     another body is refused (409). `outcome` names what the answer means for the intake
-    metrics (accepted, updated, applied...)."""
+    metrics (accepted, updated, applied...). `first`, with a fixed status code, is tried
+    before all that for a keyed delivery (see `FirstPath`)."""
     async with db.unit_of_work() as uow:
+        if delivery.key is not None and first is not None and isinstance(status_code, int):
+            answered = await first(
+                uow, FirstDelivery(delivery.key, body_hash(delivery.body), status_code)
+            )
+            if answered is not None:
+                delivery.note_outcome(outcome(answered))
+                return JSONResponse(answered.model_dump(mode="json"), status_code=status_code)
         if delivery.key is not None:
             stored = await claim(uow, delivery.key, body_hash(delivery.body))
             if stored is not None:

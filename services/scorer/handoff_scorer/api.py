@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from handoff_runtime.auth import UNAUTHORIZED_RESPONSE, require_admin
 from handoff_runtime.db import Database, UnitOfWork
-from handoff_runtime.intake import json_body, respond_once
+from handoff_runtime.intake import FirstDelivery, json_body, respond_once
 from handoff_runtime.problems import NotFound
 from handoff_runtime.service import database
 from handoff_runtime.webhooks import Delivery, parse_body, signed_delivery
@@ -145,8 +145,23 @@ async def create_lead(delivery: Signed, db: Db) -> JSONResponse:
             received_at=lead.received_at,
         )
 
+    async def accept_new(uow: UnitOfWork, first: FirstDelivery) -> LeadAccepted | None:
+        return await service.accept_first_delivery(
+            uow,
+            profile,
+            first,
+            answer=lambda lead_id, at: LeadAccepted(
+                lead_id=lead_id, status="accepted", received_at=at
+            ),
+        )
+
     return await respond_once(
-        db, delivery, status.HTTP_202_ACCEPTED, accept, outcome=lambda r: getattr(r, "status", "")
+        db,
+        delivery,
+        status.HTTP_202_ACCEPTED,
+        accept,
+        outcome=lambda r: getattr(r, "status", ""),
+        first=accept_new,
     )
 
 

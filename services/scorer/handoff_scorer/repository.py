@@ -13,6 +13,35 @@ from sqlmodel import col, select
 
 from .models import IcpVersion, Lead, LeadScore, RescoreJob
 
+NEW_LEAD_FIRST_DELIVERY = sa.text(
+    """
+    WITH lead AS (
+        INSERT INTO scorer.leads (id, email, profile, received_at, status, cycle)
+        SELECT :lead_id, :email, CAST(:profile AS jsonb), :received_at, 'received', 1
+        WHERE NOT EXISTS (SELECT FROM scorer.idempotency_keys WHERE key = :key)
+        ON CONFLICT (email) DO NOTHING
+        RETURNING id
+    ), claimed AS (
+        INSERT INTO scorer.idempotency_keys (key, request_hash, status_code, response)
+        SELECT :key, :request_hash, :status_code, CAST(:response AS jsonb) FROM lead
+        ON CONFLICT (key) DO NOTHING
+        RETURNING key
+    ), announced AS (
+        INSERT INTO scorer.outbox (event_id, topic, key, value, headers)
+        SELECT :event_id, :topic, :lead_id, :value, CAST(:headers AS jsonb) FROM claimed
+        RETURNING id
+    )
+    SELECT (SELECT count(*) FROM lead) AS created, (SELECT count(*) FROM announced) AS announced
+    """
+).bindparams(
+    sa.bindparam("received_at", type_=sa.DateTime(timezone=True)),
+    sa.bindparam("status_code", type_=sa.Integer),
+    sa.bindparam("value", type_=sa.LargeBinary),
+)
+"""A new person's first delivery in one statement: the lead (unless the person is known or
+the key already claimed), the key claimed with its answer (only with the lead), and the
+lead.created outbox row (only with both)."""
+
 
 class ScorerRepository:
     """Reads and writes leads, scores and ICP versions in one session."""
@@ -66,6 +95,12 @@ class ScorerRepository:
             execution_options={"populate_existing": True},
         )
         return inserted.first()
+
+    async def insert_new_lead_first_delivery(self, **values: Any) -> tuple[int, int]:
+        """Run NEW_LEAD_FIRST_DELIVERY with `values` (JSON columns as JSON text); how many
+        leads it inserted and how many events it announced (0 or 1 each)."""
+        created, announced = (await self.session.execute(NEW_LEAD_FIRST_DELIVERY, values)).one()
+        return int(created), int(announced)
 
     def add(self, row: Lead | LeadScore | IcpVersion | RescoreJob) -> None:
         """Stage a new row in the transaction."""

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
+import orjson
 import sqlalchemy as sa
+from pydantic import BaseModel
 
 from handoff_runtime.db import UnitOfWork
+from handoff_runtime.idempotency import DeliveryInProgress
+from handoff_runtime.intake import FirstDelivery
 from handoff_runtime.problems import DomainError, NotFound
 from handoff_schemas import (
     ICP,
@@ -39,6 +43,8 @@ class NoIcpPublished(DomainError):
     title = "No ICP published"
 
 
+AnswerT = TypeVar("AnswerT", bound=BaseModel)
+
 Announce = Literal["always", "grade_changed", "never"]
 """When a scoring is announced with `lead.scored`."""
 
@@ -58,6 +64,51 @@ async def accept_lead(uow: UnitOfWork, received: LeadProfile) -> tuple[Lead, boo
         subject=lead.id,
     )
     return lead, is_new
+
+
+async def accept_first_delivery(
+    uow: UnitOfWork,
+    received: LeadProfile,
+    delivery: FirstDelivery,
+    answer: Callable[[str, datetime], AnswerT],
+) -> AnswerT | None:
+    """The common case of `accept_lead` — a person not known yet, in a delivery whose key
+    is new — in one statement: the lead, the key claimed with `answer(lead_id, received_at)`
+    (the response) and `lead.created`. Returns the answer, or None having written nothing when
+    the person is known or the key claimed: `accept_lead` and the idempotency claim then
+    take over. A concurrent delivery of the same key that has not committed yet cannot be
+    told apart here: the lead just written would have to be rolled back, so the delivery is
+    refused as in progress (409, retry later) and the transaction rolls back."""
+    lead_id, received_at = uuid.uuid4().hex, utcnow()
+    email = normalise_email(str(received.email))
+    profile = received.model_copy(update={"email": email})
+    response = answer(lead_id, received_at)
+    _, row = uow.announcement(
+        LeadCreatedV1(lead_id=lead_id, received_at=received_at, lead=profile),
+        topic=LEAD_CREATED.name,
+        subject=lead_id,
+    )
+    created, announced = await ScorerRepository(uow.session).insert_new_lead_first_delivery(
+        lead_id=lead_id,
+        email=email,
+        profile=profile.model_dump_json(),
+        received_at=received_at,
+        key=delivery.key,
+        request_hash=delivery.request_hash,
+        status_code=delivery.status_code,
+        response=orjson.dumps(response.model_dump(mode="json")).decode(),
+        event_id=row["event_id"],
+        topic=row["topic"],
+        value=row["value"],
+        headers=orjson.dumps(row["headers"]).decode(),
+    )
+    if created and not announced:
+        raise DeliveryInProgress(
+            "A delivery with this idempotency key is still being processed; retry later.",
+            key=delivery.key,
+        )
+    uow.announced(announced)
+    return response if announced else None
 
 
 async def _lead_for(

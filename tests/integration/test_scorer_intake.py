@@ -1,0 +1,148 @@
+"""The scorer's lead intake on the real embedded PostgreSQL: a new person's first delivery is
+stored in one statement (the lead, the delivery's key with its answer, and `lead.created`),
+and everything else — a retry, a known person, a key reused with another body, a key another
+transaction is claiming — ends exactly as the general path ends it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from support.infra import Infra, service_database
+
+from handoff_runtime.db import Database
+from handoff_runtime.idempotency import (
+    DeliveryInProgress,
+    IdempotencyConflict,
+    body_hash,
+    claim,
+    remember,
+)
+from handoff_runtime.webhooks import Delivery
+from handoff_schemas import LEAD_CREATED, LeadCreatedV1, decode
+from handoff_scorer.api import create_lead
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def db(infra: Infra) -> AsyncIterator[Database]:
+    with service_database(infra.database_url, "scorer") as url:
+        db = Database(url, schema="scorer", source="/handoff/scorer")
+        try:
+            yield db
+        finally:
+            await db.dispose()
+
+
+def delivery(delivery_id: str, **lead: Any) -> Delivery:
+    body = json.dumps({"company": "Acme", **lead}).encode()
+    return Delivery(source="crm", delivery_id=delivery_id, idempotency_key=None, body=body)
+
+
+@contextmanager
+def statements(db: Database) -> Iterator[list[str]]:
+    """The SQL statements sent while the block runs (BEGIN and COMMIT are not statements)."""
+    sent: list[str] = []
+
+    def note(*args: Any) -> None:
+        sent.append(args[2])
+
+    sa.event.listen(db.engine.sync_engine, "before_cursor_execute", note)
+    try:
+        yield sent
+    finally:
+        sa.event.remove(db.engine.sync_engine, "before_cursor_execute", note)
+
+
+async def rows(db: Database, query: str) -> list[tuple[Any, ...]]:
+    async with db.engine.connect() as conn:
+        return [tuple(row) for row in await conn.execute(sa.text(query))]
+
+
+async def test_a_new_persons_first_delivery_is_stored_in_one_statement(db: Database) -> None:
+    first = delivery("msg-1", email="Ada@Acme.io")
+    with statements(db) as sent:
+        answer = await create_lead(first, db)
+    assert len(sent) == 1, sent
+    assert answer.status_code == 202
+    body = json.loads(answer.body)
+    assert body["status"] == "accepted"
+    lead_id = body["lead_id"]
+
+    assert await rows(db, "SELECT id, email, status, cycle FROM scorer.leads") == [
+        (lead_id, "ada@acme.io", "received", 1)
+    ]
+    [(key, request_hash, status_code, response)] = await rows(
+        db, "SELECT key, request_hash, status_code, response FROM scorer.idempotency_keys"
+    )
+    assert (key, request_hash, status_code) == ("crm:msg-1", body_hash(first.body), 202)
+    assert response == body
+    [(topic, record_key, value)] = await rows(db, "SELECT topic, key, value FROM scorer.outbox")
+    assert (topic, record_key) == (LEAD_CREATED.name, lead_id)
+    created = decode(value)
+    assert isinstance(created.data, LeadCreatedV1)
+    assert created.data.lead_id == lead_id
+    assert str(created.data.lead.email) == "ada@acme.io"
+    assert created.data.received_at.isoformat() == body["received_at"].replace("Z", "+00:00")
+
+    # A retry is answered from the stored answer, and changes nothing.
+    again = await create_lead(delivery("msg-1", email="Ada@Acme.io"), db)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert json.loads(again.body) == body
+    assert len(await rows(db, "SELECT 1 FROM scorer.leads")) == 1
+    assert len(await rows(db, "SELECT 1 FROM scorer.outbox")) == 1
+
+
+async def test_a_known_person_in_a_new_delivery_is_merged(db: Database) -> None:
+    first = json.loads((await create_lead(delivery("msg-1", email="ada@acme.io"), db)).body)
+    merged = await create_lead(delivery("msg-2", email="ADA@acme.io", title="CTO"), db)
+    assert json.loads(merged.body)["status"] == "updated"
+    assert json.loads(merged.body)["lead_id"] == first["lead_id"]
+    [(profile,)] = await rows(db, "SELECT profile FROM scorer.leads")
+    assert profile["title"] == "CTO"
+    assert len(await rows(db, "SELECT 1 FROM scorer.outbox")) == 2
+    [(stored,)] = await rows(
+        db, "SELECT response FROM scorer.idempotency_keys WHERE key = 'crm:msg-2'"
+    )
+    assert stored == json.loads(merged.body)
+
+
+async def test_a_key_reused_with_another_body_writes_no_lead(db: Database) -> None:
+    await create_lead(delivery("msg-1", email="ada@acme.io"), db)
+    with pytest.raises(IdempotencyConflict):
+        await create_lead(delivery("msg-1", email="bob@acme.io"), db)
+    assert await rows(db, "SELECT email FROM scorer.leads") == [("ada@acme.io",)]
+    assert len(await rows(db, "SELECT 1 FROM scorer.outbox")) == 1
+
+
+async def test_a_key_being_claimed_elsewhere_is_answered_in_progress(db: Database) -> None:
+    """Another transaction holds the key, not yet committed: the one statement cannot see
+    it, writes its lead, then waits for the key and finds it taken. It must not answer with
+    that lead: the delivery is refused as in progress and its writes are rolled back."""
+    other = delivery("msg-1", email="ada@acme.io")
+    claimed, release = asyncio.Event(), asyncio.Event()
+
+    async def hold_the_key() -> None:
+        async with db.unit_of_work() as uow:
+            assert await claim(uow, other.key or "", body_hash(other.body)) is None
+            claimed.set()
+            await release.wait()
+            await remember(uow, other.key or "", 202, {"lead_id": "elsewhere"})
+
+    holder = asyncio.create_task(hold_the_key())
+    await claimed.wait()
+    racing = asyncio.create_task(create_lead(delivery("msg-1", email="bob@acme.io"), db))
+    await asyncio.sleep(0.5)
+    assert not racing.done(), "the statement should wait for the key's transaction"
+    release.set()
+    await holder
+    with pytest.raises(DeliveryInProgress):
+        await racing
+    assert await rows(db, "SELECT email FROM scorer.leads") == []
+    assert await rows(db, "SELECT 1 FROM scorer.outbox") == []
