@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from fastapi import Response
 from support.infra import Infra, service_database
 
 from handoff_runtime.db import Database
@@ -45,6 +46,10 @@ def delivery(delivery_id: str, **lead: Any) -> Delivery:
     return Delivery(source="crm", delivery_id=delivery_id, idempotency_key=None, body=body)
 
 
+def body_of(answer: Response) -> Any:
+    return json.loads(bytes(answer.body))
+
+
 @contextmanager
 def statements(db: Database) -> Iterator[list[str]]:
     """The SQL statements sent while the block runs (BEGIN and COMMIT are not statements)."""
@@ -71,7 +76,7 @@ async def test_a_new_persons_first_delivery_is_stored_in_one_statement(db: Datab
         answer = await create_lead(first, db)
     assert len(sent) == 1, sent
     assert answer.status_code == 202
-    body = json.loads(answer.body)
+    body = body_of(answer)
     assert body["status"] == "accepted"
     lead_id = body["lead_id"]
 
@@ -94,23 +99,23 @@ async def test_a_new_persons_first_delivery_is_stored_in_one_statement(db: Datab
     # A retry is answered from the stored answer, and changes nothing.
     again = await create_lead(delivery("msg-1", email="Ada@Acme.io"), db)
     assert again.headers["idempotent-replayed"] == "true"
-    assert json.loads(again.body) == body
+    assert body_of(again) == body
     assert len(await rows(db, "SELECT 1 FROM scorer.leads")) == 1
     assert len(await rows(db, "SELECT 1 FROM scorer.outbox")) == 1
 
 
 async def test_a_known_person_in_a_new_delivery_is_merged(db: Database) -> None:
-    first = json.loads((await create_lead(delivery("msg-1", email="ada@acme.io"), db)).body)
+    first = body_of(await create_lead(delivery("msg-1", email="ada@acme.io"), db))
     merged = await create_lead(delivery("msg-2", email="ADA@acme.io", title="CTO"), db)
-    assert json.loads(merged.body)["status"] == "updated"
-    assert json.loads(merged.body)["lead_id"] == first["lead_id"]
+    assert body_of(merged)["status"] == "updated"
+    assert body_of(merged)["lead_id"] == first["lead_id"]
     [(profile,)] = await rows(db, "SELECT profile FROM scorer.leads")
     assert profile["title"] == "CTO"
     assert len(await rows(db, "SELECT 1 FROM scorer.outbox")) == 2
     [(stored,)] = await rows(
         db, "SELECT response FROM scorer.idempotency_keys WHERE key = 'crm:msg-2'"
     )
-    assert stored == json.loads(merged.body)
+    assert stored == body_of(merged)
 
 
 async def test_a_key_reused_with_another_body_writes_no_lead(db: Database) -> None:
