@@ -33,7 +33,20 @@ def system(infra: Infra) -> Iterator[System]:
         HANDOFF_ROUTER_CAPACITY_CHECK_INTERVAL_S="0.5",
     ) as running:
         publish_demo_icp(running.scorer)
+        claim_unrouted_leads(running)
         yield running
+
+
+def claim_unrouted_leads(system: System) -> None:
+    """A team with no reps, created before any module runs, so there is always a team to
+    route to. Without one, leads a module posts before any team exists wait in the router's
+    retry backoff (no sales team yet) and are routed into whichever team comes next, filling
+    a later module's reps with leads it did not send. Modules route their own leads with
+    rules, or make their team the default; until one does, leads queue here."""
+    answer = httpx.post(
+        f"{system.router}/v1/teams", json={"name": "Unclaimed"}, headers=admin_headers()
+    )
+    assert answer.status_code == 201, answer.text
 
 
 @pytest.fixture
