@@ -369,7 +369,9 @@ def runtime_of(request: Request) -> Any:
     return request.app.state.runtime
 
 
-def database(request: Request) -> Database:
-    """Route dependency: the service's database (routes open their own unit of work)."""
+async def database(request: Request) -> Database:
+    """Route dependency: the service's database (routes open their own unit of work).
+    Coroutine dependencies run on the event loop; a plain function would be sent to the
+    thread pool on every request."""
     db: Database = request.app.state.runtime.db
     return db

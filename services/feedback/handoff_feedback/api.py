@@ -27,7 +27,7 @@ Db = Annotated[Database, Depends(database)]
 Signed = Annotated[Delivery, Depends(signed_delivery)]
 
 
-def _policy(request: Request) -> Policy:
+async def _policy(request: Request) -> Policy:
     settings = runtime_of(request).settings
     assert isinstance(settings, FeedbackSettings)
     return settings.policy()

@@ -53,7 +53,7 @@ class ReportRequest:
     csv: bool
 
 
-def report_request(
+async def report_request(
     request: Request,
     created_from: Annotated[
         Moment | None,

@@ -411,7 +411,7 @@ async def update_rep(rep_id: str, body: RepUpdate, db: Db) -> RepPublic:
     return public
 
 
-def _settings(request: Request) -> RouterSettings:
+async def _settings(request: Request) -> RouterSettings:
     settings = runtime_of(request).settings
     assert isinstance(settings, RouterSettings)
     return settings
