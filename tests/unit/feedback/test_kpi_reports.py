@@ -48,12 +48,12 @@ def test_a_range_bound_is_a_date_at_midnight_utc_or_a_date_time_utc_unless_zoned
     assert parsed.utcoffset() == instant.utcoffset()
 
 
-def test_to_must_be_later_than_from() -> None:
+async def test_to_must_be_later_than_from() -> None:
     day = datetime(2026, 11, 2, tzinfo=UTC)
     with pytest.raises(RequestValidationError) as refused:
-        report_request(request(), created_from=day, created_to=day)
+        await report_request(request(), created_from=day, created_to=day)
     assert [e["loc"] for e in refused.value.errors()] == [("query", "to")]
-    assert report_request(request(), created_from=day, created_to=day + timedelta(days=1))
+    assert await report_request(request(), created_from=day, created_to=day + timedelta(days=1))
 
 
 @pytest.mark.parametrize(
@@ -67,10 +67,12 @@ def test_to_must_be_later_than_from() -> None:
         ("csv", "application/json", True),
     ],
 )
-def test_csv_is_chosen_by_format_or_else_by_accept(
+async def test_csv_is_chosen_by_format_or_else_by_accept(
     output: Literal["json", "csv"] | None, accept: str | None, csv_wanted: bool
 ) -> None:
-    chosen = report_request(request(accept), created_from=None, created_to=None, output=output)
+    chosen = await report_request(
+        request(accept), created_from=None, created_to=None, output=output
+    )
     assert chosen.csv is csv_wanted
 
 
