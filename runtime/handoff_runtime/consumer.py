@@ -10,10 +10,11 @@ committed only after the database commit. A crash anywhere in between re-deliver
 whose effects are either absent (rolled back) or recorded (skipped): never lost, never doubled.
 
 A handler takes one event (`Consumer.handles`) or, to apply a batch set-based, a list of them
-(`Consumer.handles_batch`): consecutive events of its type in a batch are handed over
-together, so a set-based handler writes each table once per batch instead of once per event.
-After a failure the batch is applied again record by record, and a batch handler then gets
-lists of one.
+(`Consumer.handles_batch`, for one payload type or several): consecutive events that go to the
+same batch handler are handed over together, in order, so a set-based handler writes each
+table once per batch instead of once per event (a handler taking every type one topic carries
+is not cut short each time the type changes). After a failure the batch is applied again
+record by record, and a batch handler then gets lists of one.
 """
 
 from __future__ import annotations
@@ -83,22 +84,16 @@ class Consumer:
 
         return register
 
-    def handles_batch(
-        self, payload: type[PayloadT]
-    ) -> Callable[
-        [Callable[[UnitOfWork, list[CloudEvent[PayloadT]]], Awaitable[None]]],
-        Callable[[UnitOfWork, list[CloudEvent[PayloadT]]], Awaitable[None]],
-    ]:
-        """Register a set-based handler for events whose data is `payload`: it gets the
-        consecutive events of that type in a batch, in order, and must apply each of them
+    def handles_batch(self, *payloads: type[BaseModel]) -> Callable[[BatchHandler], BatchHandler]:
+        """Register a set-based handler for events whose data is one of `payloads`: it gets the
+        consecutive events of those types in a batch, in order, and must apply each of them
         exactly as one at a time would (it is also called with lists of one)."""
-        entry = event_type_of(payload)
+        entries = [event_type_of(payload) for payload in payloads]
 
-        def register(
-            fn: Callable[[UnitOfWork, list[CloudEvent[PayloadT]]], Awaitable[None]],
-        ) -> Callable[[UnitOfWork, list[CloudEvent[PayloadT]]], Awaitable[None]]:
-            self.batch_handlers[entry.type] = fn
-            self.topics.update(entry.topics)
+        def register(fn: BatchHandler) -> BatchHandler:
+            for entry in entries:
+                self.batch_handlers[entry.type] = fn
+                self.topics.update(entry.topics)
             return fn
 
         return register
@@ -254,10 +249,15 @@ class ConsumerLoop:
                 self._observe(uow, record, key, traceparent, "duplicate", time.perf_counter())
                 continue
             fresh.discard(dedupe_key)
-            if event.type in self.spec.batch_handlers:
-                if run.events and run.events[0].type != event.type:
+            if (handler := self.spec.batch_handlers.get(event.type)) is not None:
+                if run.events and self.spec.batch_handlers[run.events[0].type] is not handler:
                     await self._apply_run(uow, run)
                 run.add(record, key, traceparent, event)
+                continue
+            if event.type not in self.spec.handlers:
+                # A valid event this group does not act on: nothing is applied, so the events
+                # on either side of it may still go to their batch handler together.
+                self._observe(uow, record, key, traceparent, "ignored", time.perf_counter())
                 continue
             await self._apply_run(uow, run)
             started = time.perf_counter()
@@ -267,7 +267,7 @@ class ConsumerLoop:
         await self._apply_run(uow, run)
 
     async def _apply_run(self, uow: UnitOfWork, run: _Run) -> None:
-        """Hand consecutive events of one type to their batch handler, and empty `run`."""
+        """Hand consecutive events of one batch handler to it, and empty `run`."""
         if not run.events:
             return
         started = time.perf_counter()
@@ -448,7 +448,7 @@ class ConsumerLoop:
 
 @dataclass
 class _Run:
-    """Consecutive fresh events of one type in a batch, waiting for their batch handler."""
+    """Consecutive fresh events of a batch for one batch handler, waiting for it."""
 
     records: list[tuple[ConsumerRecord[bytes, bytes], str, str | None]] = field(
         default_factory=list

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -47,8 +47,11 @@ from handoff_schemas import (
     FitGrade,
     LeadAssignedV1,
     LeadCreatedV1,
+    LeadNurtureRequestedV1,
     LeadProfile,
+    LeadQueuedV1,
     LeadStatus,
+    NurtureReason,
     RoutingDecision,
     decode,
     encode,
@@ -337,7 +340,7 @@ async def _deliver(db: Database, lead_id: str, arrivals: list[Report | str]) -> 
     for arrival in arrivals:
         async with db.unit_of_work() as uow:
             if arrival == ASSIGNMENT:
-                await service.leads_assigned(uow, [assigned(lead_id)], Policy())
+                await service.leads_routed(uow, [assigned(lead_id)], Policy())
             else:
                 assert isinstance(arrival, Report)
                 await service.report_status(
@@ -409,21 +412,47 @@ def test_any_order_with_repeats_and_the_assignment_anywhere_ends_as_the_sequence
 # --- a consumed batch is applied as its events one at a time -----------------------------
 
 
-def lifecycle_events(a: str, b: str) -> list[CloudEvent[Any]]:
+def lifecycle_events(a: str, b: str, c: str, d: str, e: str) -> list[CloudEvent[Any]]:
     """Lead a comes in twice, is scored and assigned, then reassigned; lead b (seen before,
-    with a report waiting for its assignment) is scored for a second cycle and assigned."""
+    with a report waiting for its assignment) is scored for a second cycle and assigned;
+    lead c waits in a backlog, then is assigned; lead d goes to nurture; lead e is assigned
+    and then reported queued (too late to override the assignment); a nurture request
+    feedback itself made for d comes back and is not followed. The routing outcomes
+    interleave, as they do on their topic."""
 
     def created(lead_id: str) -> LeadCreatedV1:
         profile = LeadProfile(email=f"{lead_id}@example.com", campaign="spring")
         return LeadCreatedV1(lead_id=lead_id, received_at=datetime.now(UTC), lead=profile)
 
+    def queued(lead_id: str) -> LeadQueuedV1:
+        decision = assigned(lead_id).decision
+        return LeadQueuedV1(
+            lead_id=lead_id, team_id="team_1", queued_at=datetime.now(UTC), decision=decision
+        )
+
+    def nurtured(lead_id: str, by: Literal["router", "feedback"]) -> LeadNurtureRequestedV1:
+        return LeadNurtureRequestedV1(
+            lead_id=lead_id,
+            reason=NurtureReason.LOW_FIT,
+            note="fit grade D",
+            requested_at=datetime.now(UTC),
+            requested_by=by,
+        )
+
     story: list[Any] = [
         created(a),
         created(a),
+        created(c),
         scored_lead(a, email=f"{a}@example.com", cycle=1),
         scored_lead(b, email=f"{b}@example.com", cycle=2),
+        queued(c),
         assigned(a),
+        nurtured(d, "router"),
         assigned(b, cycle=2),
+        assigned(e),
+        nurtured(d, "feedback"),
+        queued(e),
+        assigned(c),
         assigned(a, rep_id="rep_2"),
     ]
     return [new_event(data, source="/handoff/tests", subject=data.lead_id) for data in story]
@@ -465,14 +494,15 @@ async def _lifecycle_state(db: Database, roles: dict[str, str]) -> dict[str, Any
 async def test_a_consumed_batch_ends_where_its_events_one_at_a_time_end(
     feedback: Feedback,
 ) -> None:
-    """The lifecycle's set-based handlers, given the batch's runs of one event type, leave
-    the leads, their histories and announcements as applying each event alone does."""
+    """The lifecycle's set-based handlers, given the batch's runs of events for one handler
+    (as the consumer loop hands them over), leave the leads, their histories and
+    announcements as applying each event alone does."""
     consumer = lifecycle_consumer(Policy())
     db = Database(feedback.database_url, schema="feedback", source="/handoff/feedback")
     states = []
     try:
         for grouping in ("one at a time", "in runs"):
-            a, b = new_lead_id(), new_lead_id()
+            a, b, c, d, e = (new_lead_id() for _ in range(5))
             async with db.unit_of_work() as uow:
                 await service.leads_seen(uow, [Sighting(b, 1, datetime.now(UTC), engaged=True)])
             async with db.unit_of_work() as uow:
@@ -481,16 +511,19 @@ async def test_a_consumed_batch_ends_where_its_events_one_at_a_time_end(
                     uow, b, report, actor="crm", delivery_id=None, policy=Policy()
                 )
                 assert waiting.disposition == service.PENDING
-            events = lifecycle_events(a, b)
+            events = lifecycle_events(a, b, c, d, e)
             if grouping == "one at a time":
                 runs = [[event] for event in events]
             else:
-                runs = [list(run) for _, run in itertools.groupby(events, key=lambda e: e.type)]
-                assert len(runs) < len(events)
+                by_handler = itertools.groupby(
+                    events, key=lambda e: consumer.batch_handlers[e.type]
+                )
+                runs = [list(run) for _, run in by_handler]
+                assert len(runs) == 2
             for run in runs:
                 async with db.unit_of_work() as uow:
                     await consumer.batch_handlers[run[0].type](uow, run)
-            states.append(await _lifecycle_state(db, {a: "a", b: "b"}))
+            states.append(await _lifecycle_state(db, {a: "a", b: "b", c: "c", d: "d", e: "e"}))
     finally:
         await db.dispose()
     one_at_a_time, in_runs = states
@@ -500,3 +533,8 @@ async def test_a_consumed_batch_ends_where_its_events_one_at_a_time_end(
     assert [step[1] for step in lead_a[1]] == ["created", "engaged", "assigned", "assigned"]
     assert lead_b[0][:2] == ("contacted", 2)
     assert [step[1] for step in lead_b[1]] == ["created", "requalified", "assigned", "contacted"]
+    assert [step[1] for step in one_at_a_time["c"][1]] == ["created", "queued", "assigned"]
+    assert one_at_a_time["d"][0][0] == "nurture"
+    assert [step[1] for step in one_at_a_time["d"][1]] == ["nurture"]
+    assert one_at_a_time["e"][0][0] == "assigned"
+    assert [step[1] for step in one_at_a_time["e"][1]] == ["assigned"]

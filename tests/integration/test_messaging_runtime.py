@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer, ConsumerRecord
+from support.events import scored_lead
 from support.infra import Infra
 from support.kafka import produce, read_topic
 from support.waiting import wait_for
@@ -29,8 +30,14 @@ from handoff_runtime.settings import ServiceSettings
 from handoff_runtime.tracing import trace_id_of
 from handoff_schemas import (
     CloudEvent,
+    FitGrade,
     LeadCreatedV1,
+    LeadNurtureRequestedV1,
     LeadProfile,
+    LeadQueuedV1,
+    LeadScoredV1,
+    NurtureReason,
+    RoutingDecision,
     Topic,
     decode,
     encode,
@@ -594,3 +601,52 @@ async def test_a_failing_batch_handler_is_called_again_one_event_at_a_time(rig: 
     # topic, the last lead's announcement; nothing from the rolled-back attempt
     dlq = dead_letter_topic(rig.service).name
     assert await outbox_rows(rig) == [(rig.topic, ids[0]), (dlq, ids[1]), (rig.topic, ids[2])]
+
+
+async def test_a_batch_handler_of_several_types_gets_them_together_past_ignored_events(
+    rig: Rig,
+) -> None:
+    """Events for one batch handler stay in one call whatever their types, and an event the
+    group ignores (no handler) does not split them; an event for another handler does, so
+    the order of effects is kept."""
+    calls: list[tuple[str, list[str]]] = []
+    consumer = Consumer(group=rig.service)
+
+    @consumer.handles_batch(LeadCreatedV1, LeadScoredV1)
+    async def seen(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
+        calls.append(("seen", [event.type.split(".")[2] for event in events]))
+
+    @consumer.handles(LeadQueuedV1)
+    async def queued(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        calls.append(("queued", [event.type.split(".")[2]]))
+
+    now = datetime.now(UTC)
+    decision = RoutingDecision(rule="r", team_id="t", icp_version=1, score=80, grade=FitGrade.A)
+
+    def wrapped(data: Any) -> CloudEvent[Any]:
+        return new_event(data, source="/tests", subject=data.lead_id)
+
+    batch = [
+        lead_event(),
+        wrapped(scored_lead("b", at=now)),
+        wrapped(
+            LeadNurtureRequestedV1(
+                lead_id="n", reason=NurtureReason.LOW_FIT, requested_at=now, requested_by="router"
+            )
+        ),
+        lead_event(),
+        wrapped(LeadQueuedV1(lead_id="q", team_id="t", queued_at=now, decision=decision)),
+        wrapped(scored_lead("d", at=now)),
+    ]
+    await offline_loop(rig, consumer).process_batch(as_records(rig, batch))
+
+    assert calls == [
+        ("seen", ["created", "scored", "created"]),
+        ("queued", ["queued"]),
+        ("seen", ["scored"]),
+    ]
+    counted = {
+        outcome: EVENTS_CONSUMED.labels(rig.service, rig.topic, outcome)._value.get()
+        for outcome in ("processed", "ignored")
+    }
+    assert counted == {"processed": 5, "ignored": 1}

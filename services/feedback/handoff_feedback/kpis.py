@@ -205,46 +205,27 @@ Nurture requests are not handled: a router nurture is not an MQL, and a nurture 
 follows a recycled status, which is counted from lead.status."""
 
 
-# Set-based: each handler gets the consecutive events of its type in a consumed batch, and
-# merges all their facts in one statement.
+FACTS: dict[type[Any], Any] = {
+    LeadCreatedV1: created_facts,
+    LeadScoredV1: scored_facts,
+    LeadAssignedV1: assigned_facts,
+    LeadQueuedV1: queued_facts,
+    LeadSlaBreachedV1: breach_facts,
+    LeadStatusChangedV1: status_facts,
+}
+"""What each event the projection follows says about its lead."""
 
 
-@kpi_projection.handles_batch(LeadCreatedV1)
-async def project_created(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
-    """Count the leads and attribute each to its first campaign and source."""
-    await KpiRepository(uow.session).merge([created_facts(e.data) for e in events])
-
-
-@kpi_projection.handles_batch(LeadScoredV1)
-async def project_scored(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
-    """Keep each lead's latest fit grade."""
-    await KpiRepository(uow.session).merge([scored_facts(e.data) for e in events])
-
-
-@kpi_projection.handles_batch(LeadAssignedV1)
-async def project_assigned(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
-    """The leads reached sales and a rep."""
-    await KpiRepository(uow.session).merge([assigned_facts(e.data) for e in events])
-
-
-@kpi_projection.handles_batch(LeadQueuedV1)
-async def project_queued(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
-    """The leads reached sales and wait for a rep."""
-    await KpiRepository(uow.session).merge([queued_facts(e.data) for e in events])
-
-
-@kpi_projection.handles_batch(LeadSlaBreachedV1)
-async def project_sla_breach(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
-    """The leads missed their first-touch SLA."""
-    await KpiRepository(uow.session).merge([breach_facts(e.data) for e in events])
-
-
-@kpi_projection.handles_batch(LeadStatusChangedV1)
-async def project_status(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
-    """Sales moved the leads: their stage, first touch, owner, and any outcome."""
+@kpi_projection.handles_batch(*FACTS)
+async def project(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
+    """Merge the facts of the consecutive events of a consumed batch, whatever their types,
+    in one statement (merging is order-insensitive), and keep each outcome sales reported:
+    leads counted and attributed to their first campaign and source (lead.created), their
+    latest fit grade (lead.scored), reaching sales and a rep or waiting for one
+    (lead.assigned, lead.queued), missed first-touch SLAs, and sales' moves (lead.status)."""
     repo = KpiRepository(uow.session)
-    await repo.merge([status_facts(e.data) for e in events])
-    outcomes = [outcome_of(e.id, e.data) for e in events]
+    await repo.merge([FACTS[type(e.data)](e.data) for e in events])
+    outcomes = [outcome_of(e.id, e.data) for e in events if isinstance(e.data, LeadStatusChangedV1)]
     await repo.record_outcomes([o for o in outcomes if o is not None])
 
 

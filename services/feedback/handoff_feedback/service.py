@@ -121,90 +121,119 @@ async def leads_seen(uow: UnitOfWork, sightings: Sequence[Sighting]) -> None:
             created.add(seen.lead_id)
 
 
-async def leads_assigned(uow: UnitOfWork, events: Sequence[LeadAssignedV1], policy: Policy) -> None:
-    """A rep owns each lead: its lifecycle (re)starts at `assigned`, and status reports that
-    came before the assignment are applied now, oldest first. An assignment from an earlier
-    cycle, or one for a lead sales already moved past its working statuses, changes nothing.
-    Applied in order, as one at a time would be (the leads and their waiting reports are
-    read and locked once)."""
+Routed = LeadAssignedV1 | LeadQueuedV1 | LeadNurtureRequestedV1
+"""A routing outcome feedback follows."""
+
+
+async def leads_routed(uow: UnitOfWork, events: Sequence[Routed], policy: Policy) -> None:
+    """Routing outcomes, applied in order as one at a time would be (the leads and the
+    waiting reports of the assigned ones are read and locked once).
+
+    An assignment: a rep owns the lead, its lifecycle (re)starts at `assigned`, and status
+    reports that came before the assignment are applied now, oldest first; one from an
+    earlier cycle, or for a lead sales already moved past its working statuses, changes
+    nothing. Queued or sent to nurture: the lead waits without a rep, which never overrides
+    an assignment it already has."""
     repo = FeedbackRepository(uow.session)
-    ids = [event.lead_id for event in events]
-    leads = await repo.leads(ids, for_update=True)
-    waiting_reports = await repo.pending_for(ids)
+    leads = await repo.leads([event.lead_id for event in events], for_update=True)
+    assigned = [event.lead_id for event in events if isinstance(event, LeadAssignedV1)]
+    waiting_reports = await repo.pending_for(assigned) if assigned else {}
     for event in events:
-        now = utcnow()
-        lead = leads.get(event.lead_id)
-        if lead is None:
-            lead = TrackedLead(lead_id=event.lead_id, status=NEW, cycle=event.cycle, updated_at=now)
-            repo.add(lead)
-            leads[event.lead_id] = lead
-        elif event.cycle < lead.cycle or (
+        if isinstance(event, LeadAssignedV1):
+            await _assigned(uow, repo, leads, event, waiting_reports, policy)
+        elif isinstance(event, LeadQueuedV1):
+            _before_sales(
+                repo, leads, event.lead_id, QUEUED, event.queued_at, team_id=event.team_id
+            )
+        else:
+            _before_sales(
+                repo,
+                leads,
+                event.lead_id,
+                NURTURE,
+                event.requested_at,
+                reason=event.reason.value,
+                note=event.note,
+            )
+
+
+def _tracked(
+    repo: FeedbackRepository, leads: dict[str, TrackedLead], lead_id: str, cycle: int
+) -> TrackedLead:
+    """The lead as this batch knows it, tracked from now on if it is new."""
+    lead = leads.get(lead_id)
+    if lead is None:
+        lead = TrackedLead(lead_id=lead_id, status=NEW, cycle=cycle, updated_at=utcnow())
+        repo.add(lead)
+        leads[lead_id] = lead
+    return lead
+
+
+async def _assigned(
+    uow: UnitOfWork,
+    repo: FeedbackRepository,
+    leads: dict[str, TrackedLead],
+    event: LeadAssignedV1,
+    waiting_reports: dict[str, list[PendingStatus]],
+    policy: Policy,
+) -> None:
+    now = utcnow()
+    known = event.lead_id in leads
+    lead = _tracked(repo, leads, event.lead_id, event.cycle)
+    if known and (
+        event.cycle < lead.cycle
+        or (
             event.cycle == lead.cycle
             and lead.status not in BEFORE_SALES | {NURTURE}
             and not is_working(LeadStatus(lead.status))
-        ):
-            continue
-        previous = lead.status
-        lead.status, lead.status_at, lead.cycle = LeadStatus.ASSIGNED.value, None, event.cycle
-        lead.rep_id, lead.team_id, lead.updated_at = event.rep_id, event.team_id, now
-        _history(
-            repo,
-            lead,
-            previous,
-            LeadStatus.ASSIGNED,
-            "router",
-            event.assigned_at,
-            now,
-            note=f"assigned to {event.rep_name} ({event.decision.rule})",
         )
-        for waiting in waiting_reports.pop(event.lead_id, []):
-            report = Report(
-                status=LeadStatus(waiting.change["status"]),
-                occurred_at=datetime.fromisoformat(waiting.change["occurred_at"]),
-                reason=Reason(waiting.change["reason"]) if waiting.change.get("reason") else None,
-                note=waiting.change.get("note"),
-                amount=waiting.change.get("amount"),
-            )
-            actor = waiting.change.get("actor")
-            try:
-                await _receive(uow, repo, lead, report, actor, waiting.delivery_id, policy)
-            except InvalidTransition as refused:
-                _history(
-                    repo,
-                    lead,
-                    lead.status,
-                    report.status,
-                    actor,
-                    report.occurred_at,
-                    utcnow(),
-                    disposition=Disposition.REFUSED,
-                    reason=report.reason.value if report.reason else None,
-                    note=f"{report.note or ''} [{refused.detail}]".strip(),
-                    report=report,
-                    delivery_id=waiting.delivery_id,
-                )
-            await repo.delete(waiting)
-
-
-async def lead_queued(uow: UnitOfWork, event: LeadQueuedV1) -> None:
-    """The lead waits in a team's backlog."""
-    await _before_sales(uow, event.lead_id, QUEUED, event.queued_at, team_id=event.team_id)
-
-
-async def lead_nurtured(uow: UnitOfWork, event: LeadNurtureRequestedV1) -> None:
-    """The router sent the lead to nurture instead of sales."""
-    await _before_sales(
-        uow,
-        event.lead_id,
-        NURTURE,
-        event.requested_at,
-        reason=event.reason.value,
-        note=event.note,
+    ):
+        return
+    previous = lead.status
+    lead.status, lead.status_at, lead.cycle = LeadStatus.ASSIGNED.value, None, event.cycle
+    lead.rep_id, lead.team_id, lead.updated_at = event.rep_id, event.team_id, now
+    _history(
+        repo,
+        lead,
+        previous,
+        LeadStatus.ASSIGNED,
+        "router",
+        event.assigned_at,
+        now,
+        note=f"assigned to {event.rep_name} ({event.decision.rule})",
     )
+    for waiting in waiting_reports.pop(event.lead_id, []):
+        report = Report(
+            status=LeadStatus(waiting.change["status"]),
+            occurred_at=datetime.fromisoformat(waiting.change["occurred_at"]),
+            reason=Reason(waiting.change["reason"]) if waiting.change.get("reason") else None,
+            note=waiting.change.get("note"),
+            amount=waiting.change.get("amount"),
+        )
+        actor = waiting.change.get("actor")
+        try:
+            await _receive(uow, repo, lead, report, actor, waiting.delivery_id, policy)
+        except InvalidTransition as refused:
+            _history(
+                repo,
+                lead,
+                lead.status,
+                report.status,
+                actor,
+                report.occurred_at,
+                utcnow(),
+                disposition=Disposition.REFUSED,
+                reason=report.reason.value if report.reason else None,
+                note=f"{report.note or ''} [{refused.detail}]".strip(),
+                report=report,
+                delivery_id=waiting.delivery_id,
+            )
+        await repo.delete(waiting)
 
 
-async def _before_sales(
-    uow: UnitOfWork,
+def _before_sales(
+    repo: FeedbackRepository,
+    leads: dict[str, TrackedLead],
     lead_id: str,
     status: str,
     at: datetime,
@@ -215,14 +244,11 @@ async def _before_sales(
 ) -> None:
     """Record a routing outcome that leaves the lead without a rep (queued, nurture); it
     never overrides an assignment the lead already has."""
-    repo = FeedbackRepository(uow.session)
-    lead = await repo.lead(lead_id, for_update=True)
-    now = utcnow()
-    if lead is None:
-        lead = TrackedLead(lead_id=lead_id, status=NEW, updated_at=now)
-        repo.add(lead)
-    elif lead.status not in BEFORE_SALES:
+    known = lead_id in leads
+    lead = _tracked(repo, leads, lead_id, 1)
+    if known and lead.status not in BEFORE_SALES:
         return
+    now = utcnow()
     previous = lead.status
     lead.status, lead.team_id, lead.updated_at = status, team_id, now
     _history(repo, lead, previous, status, "router", at, now, reason=reason, note=note)
