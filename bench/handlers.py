@@ -1,0 +1,210 @@
+"""What one consumed batch costs each service, in process, with no broker and no HTTP: the
+services' own consumer groups apply batches of the load generator's leads on the embedded
+PostgreSQL, each stage fed the records the stage before it wrote to its outbox (what its relay
+would publish), and the CPU and the SQL statements of every batch are counted.
+
+    python bench/handlers.py [--sizes 4 40] [--batches 10]
+
+For each service and batch size it prints the CPU per lead and the statements per batch by
+kind. A statement sent more often in larger batches is a read or write per lead that a
+set-based handler should not have (an ORM lookup that autoflushes, say): the printout flags
+it. A profile of the running services (`bench/profile.py`) shows where a process spends its
+time but not which statements a batch sends, nor what one handler costs on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeAlias, cast
+
+import sqlalchemy as sa
+from aiokafka.structs import ConsumerRecord
+from loadgen import lead
+
+from handoff_feedback.consumers import lifecycle_consumer
+from handoff_feedback.kpis import kpi_projection
+from handoff_feedback.settings import FeedbackSettings
+from handoff_router import service as router_service
+from handoff_router.consumers import routing_consumer
+from handoff_router.settings import RouterSettings
+from handoff_runtime.consumer import Consumer, ConsumerLoop, ConsumerSettings
+from handoff_runtime.db import Database
+from handoff_runtime.embedded import EmbeddedPostgres
+from handoff_runtime.logs import configure_logging
+from handoff_runtime.migrations import upgrade
+from handoff_schemas import LeadProfile
+from handoff_scorer import service as scorer_service
+from handoff_scorer.consumers import leads as scorer_consumer
+from handoff_scorer.scoring import load_demo_icp
+
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+SERVICES = ("scorer", "router", "feedback")
+
+
+@dataclass
+class Batch:
+    """What one service spent on one batch."""
+
+    leads: int
+    cpu_s: float
+    statements: Counter[str]
+
+
+class Service:
+    """One service's database and consumer groups, and the statements its engine sends."""
+
+    def __init__(self, url: str, name: str, consumers: list[Consumer]) -> None:
+        self.name = name
+        self.db = Database(url, schema=name, source=f"/handoff/{name}")
+        settings = ConsumerSettings(
+            service=name, max_records=10_000, max_attempts=1, retry_backoff_s=0, commit_timeout_s=1
+        )
+        # process_batch never touches the broker client; there is none here.
+        self.loops = [ConsumerLoop(c, cast(Any, None), self.db, settings) for c in consumers]
+        self.sent: Counter[str] = Counter()
+        sa.event.listen(self.db.engine.sync_engine, "before_cursor_execute", self._note)
+
+    def _note(self, *args: Any) -> None:
+        self.sent[" ".join(str(args[2]).split())[:90]] += 1
+
+    async def apply(self, records: list[Record], leads: int) -> Batch:
+        """Every consumer group of the service applies `records` as one consumed batch."""
+        self.sent.clear()
+        started = time.process_time()
+        for loop in self.loops:
+            await loop.process_batch(records)
+        return Batch(leads, time.process_time() - started, Counter(self.sent))
+
+    async def published(self) -> list[Record]:
+        """The outbox rows not yet published, as the records the relay would send; marked
+        published."""
+        outbox = self.db.tables.outbox
+        async with self.db.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    sa.update(outbox)
+                    .where(outbox.c.published_at.is_(None))
+                    .values(published_at=sa.func.now())
+                    .returning(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.value)
+                )
+            ).all()
+        return [
+            ConsumerRecord(
+                row.topic, 0, row.id, 0, 0, (row.key or "").encode(), row.value, None, 0, 0, ()
+            )
+            for row in sorted(rows, key=lambda r: r.id)
+        ]
+
+
+async def measure(url: str, sizes: list[int], batches: int) -> dict[str, dict[int, list[Batch]]]:
+    scorer = Service(url, "scorer", [scorer_consumer])
+    router = Service(url, "router", [routing_consumer(RouterSettings())])
+    feedback = Service(
+        url, "feedback", [lifecycle_consumer(FeedbackSettings().policy()), kpi_projection]
+    )
+    async with scorer.db.unit_of_work() as uow:
+        await scorer_service.publish_icp(uow, load_demo_icp(), now=scorer_service.utcnow())
+    async with router.db.unit_of_work() as uow:
+        team = await router_service.create_team(uow, "Bench")
+        await uow.session.flush()
+        for n in range(10):
+            await router_service.create_rep(
+                uow, team_id=team.id, name=f"Rep {n}", email=f"rep{n}@bench.io", capacity=10_000
+            )
+    await scorer.published()  # the ICP announcement
+    results: dict[str, dict[int, list[Batch]]] = {s: {} for s in SERVICES}
+    sent = 0
+    for size in sizes:
+        for round_ in range(batches + 1):  # the first of each size warms up
+            for n in range(size):  # the intake, one delivery at a time
+                async with scorer.db.unit_of_work() as uow:
+                    await scorer_service.accept_lead(
+                        uow, LeadProfile.model_validate(lead(sent + n, "handlers"))
+                    )
+            sent += size
+            created = await scorer.published()
+            scored_batch = await scorer.apply(created, size)
+            scored = await scorer.published()
+            routed_batch = await router.apply(scored, size)
+            routed = await router.published()
+            feedback_batch = await feedback.apply(created + scored + routed, size)
+            if round_:
+                for name, batch in zip(
+                    SERVICES, (scored_batch, routed_batch, feedback_batch), strict=True
+                ):
+                    results[name].setdefault(size, []).append(batch)
+    for each in (scorer, router, feedback):
+        await each.db.dispose()
+    return results
+
+
+def report(results: dict[str, dict[int, list[Batch]]]) -> None:
+    for name, by_size in results.items():
+        sizes = sorted(by_size)
+        print(f"\n{name}")
+        for size in sizes:
+            done = by_size[size]
+            cpu = sum(b.cpu_s for b in done) / sum(b.leads for b in done) * 1000
+            statements = sum(sum(b.statements.values()) for b in done) / len(done)
+            print(
+                f"  {size:4d} leads per batch: {cpu:6.2f} ms CPU per lead, "
+                f"{statements:6.1f} statements per batch"
+            )
+        small, large = by_size[sizes[0]], by_size[sizes[-1]]
+        per_batch = {
+            size: _mean_counts(by_size[size]) for size in (sizes[0], sizes[-1]) if by_size[size]
+        }
+        growing = {
+            text: (per_batch[sizes[0]].get(text, 0), count)
+            for text, count in per_batch[sizes[-1]].items()
+            if count >= 2 * per_batch[sizes[0]].get(text, 0) + 2
+        }
+        if small is large or not growing:
+            print("  no statement is sent more often in larger batches")
+        for text, (few, many) in sorted(growing.items(), key=lambda item: -item[1][1]):
+            print(f"  GROWS {few:5.1f} -> {many:5.1f} per batch: {text}")
+
+
+def _mean_counts(batches: list[Batch]) -> dict[str, float]:
+    total: Counter[str] = Counter()
+    for batch in batches:
+        total.update(batch.statements)
+    return {text: count / len(batches) for text, count in total.items()}
+
+
+@contextmanager
+def database() -> Iterator[str]:
+    """An embedded PostgreSQL with the three services' schemas, removed afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix="handoff-handlers-"))
+    postgres = EmbeddedPostgres(workdir / "pg", temporary=True)
+    try:
+        url = postgres.start()
+        for name in SERVICES:
+            upgrade(name, url)
+        yield url
+    finally:
+        postgres.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4, 40])
+    parser.add_argument("--batches", type=int, default=10)
+    args = parser.parse_args()
+    configure_logging("bench", "WARNING")
+    with database() as url:
+        report(asyncio.run(measure(url, sorted(args.sizes), args.batches)))
+
+
+if __name__ == "__main__":
+    main()
