@@ -39,6 +39,7 @@ import httpx
 import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from handoff_runtime.aio import within
 from handoff_runtime.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
 from handoff_runtime.launcher import Stack
 from handoff_schemas import LEAD_ROUTING
@@ -250,7 +251,7 @@ class Follower:
                 return
             self.progress.clear()
             with suppress(TimeoutError):
-                await asyncio.wait_for(self.progress.wait(), remaining)
+                await within(self.progress.wait(), remaining)
 
 
 class Resources:
@@ -395,7 +396,7 @@ async def measure(system: str, running: Running, infra: Infra, phase: Phase) -> 
             except psutil.NoSuchProcess:
                 pass
             with suppress(TimeoutError):
-                await asyncio.wait_for(loadgen.wait(), 0.25)
+                await within(loadgen.wait(), 0.25)
         if loadgen.returncode != 0:
             raise RuntimeError(f"the load generator failed with {loadgen.returncode}")
         requests = [json.loads(line) for line in out.read_text().splitlines() if line]

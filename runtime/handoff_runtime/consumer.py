@@ -40,6 +40,7 @@ from handoff_schemas.catalogue import dead_letter_topic, event_type_of
 from handoff_schemas.envelope import RawCloudEvent
 
 from . import crashpoints
+from .aio import within
 from .db import Database, UnitOfWork
 from .metrics import (
     BATCH_PROCESSING,
@@ -438,7 +439,7 @@ class ConsumerLoop:
     ) -> None:
         offsets = {tp: OffsetAndMetadata(recs[-1].offset + 1, "") for tp, recs in batches.items()}
         try:
-            await asyncio.wait_for(self.kafka.commit(offsets), self.settings.commit_timeout_s)
+            await within(self.kafka.commit(offsets), self.settings.commit_timeout_s)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -44,6 +44,8 @@ from handoff_schemas import (
     decode,
 )
 
+from .aio import cancel_and_wait, within
+
 FOLLOWED_TOPICS = (LEAD_ROUTING.name, LEAD_STATUS.name)
 SETTLE_S = 2.0
 """Quiet time after the last event before the demo ends (backlog drains arrive late)."""
@@ -412,9 +414,7 @@ class Demo:
             try:
                 interrupted = await self._wait(stop, sender, follower)
             finally:
-                for task in (sender, follower, *self.scripts):
-                    task.cancel()
-                await asyncio.gather(sender, follower, *self.scripts, return_exceptions=True)
+                await cancel_and_wait([sender, follower, *self.scripts])
                 await _stop_consumer(consumer)
             await self._summary(interrupted)
             if interrupted:
@@ -429,8 +429,8 @@ class Demo:
             fetch_max_wait_ms=100,
         )
         try:
-            await asyncio.wait_for(consumer.start(), 10)
-            await asyncio.wait_for(consumer.topics(), 10)
+            await within(consumer.start(), 10)
+            await within(consumer.topics(), 10)
             partitions = [
                 TopicPartition(topic, p)
                 for topic in FOLLOWED_TOPICS
@@ -439,7 +439,7 @@ class Demo:
             if not partitions:
                 raise RuntimeError(f"the topics {', '.join(FOLLOWED_TOPICS)} do not exist")
             consumer.assign(partitions)
-            await asyncio.wait_for(consumer.seek_to_beginning(*partitions), 10)
+            await within(consumer.seek_to_beginning(*partitions), 10)
         except Exception as exc:
             await _stop_consumer(consumer)
             self.say(
@@ -470,7 +470,7 @@ class Demo:
                 if settled and not self._unrouted():
                     return False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.2)
+                await within(stop.wait(), 0.2)
         return True
 
     def _unrouted(self) -> list[Tracked]:
@@ -731,7 +731,7 @@ async def _stop_consumer(consumer: AIOKafkaConsumer) -> None:
     """Stop the consumer, whatever state the broker is in (aiokafka can raise CancelledError
     from its fetcher when the broker has gone away)."""
     with contextlib.suppress(Exception, asyncio.CancelledError):
-        await asyncio.wait_for(consumer.stop(), 5)
+        await within(consumer.stop(), 5)
 
 
 def _detail(answer: httpx.Response) -> str:

@@ -19,6 +19,8 @@ from aiokafka.errors import for_code
 from handoff_schemas import Topic
 from handoff_schemas.catalogue import BROKER_EPOCH
 
+from .aio import within
+
 log = structlog.get_logger(__name__)
 
 EPOCH_TOPIC = BROKER_EPOCH.name
@@ -31,7 +33,7 @@ async def close_quietly(closing: Awaitable[object], *, timeout_s: float, what: s
     consumer even re-raising the CancelledError of its own cancelled fetches, and closing
     must go on. A cancellation of the calling task itself still propagates."""
     try:
-        await asyncio.wait_for(closing, timeout_s)
+        await within(closing, timeout_s)
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
@@ -106,9 +108,9 @@ async def ensure_topics(
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
     )
-    await asyncio.wait_for(admin.start(), timeout_s)
+    await within(admin.start(), timeout_s)
     try:
-        existing = set(await asyncio.wait_for(admin.list_topics(), timeout_s))
+        existing = set(await within(admin.list_topics(), timeout_s))
         missing = [
             NewTopic(
                 name=t.name,
@@ -121,7 +123,7 @@ async def ensure_topics(
         ]
         if not missing:
             return []
-        answer = await asyncio.wait_for(admin.create_topics(missing), timeout_s)
+        answer = await within(admin.create_topics(missing), timeout_s)
         errors = _creation_errors(answer)
         refused = {
             name: why for name, (code, why) in errors.items() if code != TOPIC_ALREADY_EXISTS
@@ -166,9 +168,9 @@ async def broker_epoch(bootstrap: str, *, timeout_s: float, replication_factor: 
     epoch = await _first_record(bootstrap, timeout_s=0.3)
     if epoch is None:
         producer = make_producer(bootstrap, client_id="handoff-epoch", timeout_s=timeout_s)
-        await asyncio.wait_for(producer.start(), timeout_s)
+        await within(producer.start(), timeout_s)
         try:
-            await asyncio.wait_for(
+            await within(
                 producer.send_and_wait(EPOCH_TOPIC, uuid.uuid4().hex.encode(), partition=0),
                 timeout_s,
             )
@@ -184,7 +186,7 @@ async def _first_record(bootstrap: str, *, timeout_s: float) -> str | None:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
     )
-    await asyncio.wait_for(consumer.start(), timeout_s + 10)
+    await within(consumer.start(), timeout_s + 10)
     try:
         tp = TopicPartition(EPOCH_TOPIC, 0)
         consumer.assign([tp])

@@ -25,6 +25,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import crashpoints
+from .aio import within
 from .db import Database
 from .metrics import EVENTS_PRODUCED, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, REDRIVES
 
@@ -79,7 +80,7 @@ class OutboxRelay:
             if published >= self.batch_size:
                 continue  # more may be waiting
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+                await within(self._wake.wait(), self.poll_interval_s)
             self._wake.clear()
 
     async def publish_pending(self) -> int:
@@ -154,8 +155,8 @@ class OutboxRelay:
                 key=row.key.encode() if row.key is not None else None,
                 headers=headers,
             )
-            futures.append(await asyncio.wait_for(send, self.send_timeout_s))
-        results = await asyncio.wait_for(
+            futures.append(await within(send, self.send_timeout_s))
+        results = await within(
             asyncio.gather(*futures, return_exceptions=True), self.send_timeout_s
         )
         acked: list[int] = []

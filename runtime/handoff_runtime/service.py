@@ -19,7 +19,8 @@ from sqlalchemy.dialects.postgresql import insert
 
 from handoff_schemas import DEAD_LETTER_TOPICS, TOPICS
 
-from . import crashpoints
+from . import crashpoints, diagnostics
+from .aio import cancel_and_wait, within
 from .consumer import Consumer, ConsumerLoop, ConsumerSettings
 from .db import Database
 from .intake import add_request_models
@@ -75,6 +76,7 @@ class ServiceRuntime:
         the relay, the consumer loops, the broker watch and the service's workers."""
         s = self.settings
         crashpoints.arm(s.crash_at)
+        diagnostics.install()
         await ensure_topics(
             s.kafka_bootstrap_servers,
             [*TOPICS, *DEAD_LETTER_TOPICS],
@@ -86,7 +88,7 @@ class ServiceRuntime:
             client_id=f"handoff-{self.service}",
             timeout_s=s.kafka_timeout_s,
         )
-        await asyncio.wait_for(self.producer.start(), s.kafka_timeout_s)
+        await within(self.producer.start(), s.kafka_timeout_s)
         self.relay = OutboxRelay(
             self.db,
             self.producer,
@@ -121,7 +123,7 @@ class ServiceRuntime:
                 max_records=s.consumer_max_records,
                 session_timeout_ms=s.consumer_session_timeout_ms,
             )
-            await asyncio.wait_for(kafka.start(), s.kafka_timeout_s)
+            await within(kafka.start(), s.kafka_timeout_s)
             self._kafka_consumers.append(kafka)
             loop = ConsumerLoop(
                 spec,
@@ -143,9 +145,7 @@ class ServiceRuntime:
 
     async def _stop_consumers(self) -> None:
         """Cancel the consumer loops and leave their groups (each broker call bounded)."""
-        for task in self._consumer_tasks:
-            task.cancel()
-        await asyncio.gather(*self._consumer_tasks, return_exceptions=True)
+        await cancel_and_wait(self._consumer_tasks)
         for kafka in self._kafka_consumers:
             await close_quietly(
                 kafka.stop(), timeout_s=self.settings.kafka_timeout_s, what="consumer"
@@ -242,11 +242,8 @@ class ServiceRuntime:
     async def stop(self) -> None:
         """Stop consuming, let the relay publish what is committed, then disconnect."""
         relay_task = self._tasks[0] if self._tasks else None
-        if self._settling is not None:
-            self._settling.cancel()
-        for task in self._tasks[1:]:
-            task.cancel()
-        await asyncio.gather(*self._tasks[1:], return_exceptions=True)
+        settling = [self._settling] if self._settling is not None else []
+        await cancel_and_wait([*settling, *self._tasks[1:]])
         await self._stop_consumers()
         if self.relay is not None:
             await close_quietly(
@@ -255,8 +252,7 @@ class ServiceRuntime:
                 what="outbox relay",
             )
         if relay_task is not None:
-            relay_task.cancel()
-            await asyncio.gather(relay_task, return_exceptions=True)
+            await cancel_and_wait([relay_task])
         if self.producer is not None:
             await close_quietly(
                 self.producer.stop(), timeout_s=self.settings.kafka_timeout_s, what="producer"
@@ -268,13 +264,13 @@ class ServiceRuntime:
         checks: dict[str, str] = {}
         try:
             async with self.db.engine.connect() as conn:
-                await asyncio.wait_for(conn.execute(sa.text("SELECT 1")), 2)
+                await within(conn.execute(sa.text("SELECT 1")), 2)
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"] = f"unreachable: {type(exc).__name__}"
         try:
             assert self.producer is not None, "not started"
-            await asyncio.wait_for(self.producer.client.fetch_all_metadata(), 2)
+            await within(self.producer.client.fetch_all_metadata(), 2)
             checks["broker"] = "ok"
         except Exception as exc:
             checks["broker"] = f"unreachable: {type(exc).__name__}"

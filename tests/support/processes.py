@@ -66,6 +66,26 @@ class Instance:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
 
+    def diagnose(self) -> str:
+        """Where a process that should have ended is stuck: its threads' stacks (py-spy) and
+        its asyncio tasks' awaits (the service logs them on SIGUSR1), then its log's tail."""
+        spy = Path(sys.executable).with_name("py-spy")
+        try:
+            dump = subprocess.run(
+                [str(spy), "dump", "--pid", str(self.pid)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            threads = dump.stdout + dump.stderr
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            threads = f"py-spy dump failed: {exc!r}"
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        return f"threads of {self.name} (pid {self.pid}):\n{threads}\n{self.log_tail(120)}"
+
 
 def migrate(module: str, env: Mapping[str, str], *, cwd: Path, timeout_s: float = 120) -> None:
     """`python -m <module> migrate`, once; raises with its output if it fails."""
