@@ -37,7 +37,7 @@ from handoff_runtime.embedded import DATABASE, EmbeddedKafka, EmbeddedPostgres, 
 from handoff_schemas import DEAD_LETTER_TOPICS, LEAD_ROUTING, decode
 from handoff_scorer.scoring import load_demo_icp
 
-from .kafka import read_topic
+from .kafka import read_to_end
 from .processes import Instance, migrate, spawn, stop_instances, wait_ready
 from .system import ADMIN_TOKEN, admin_headers
 
@@ -529,9 +529,7 @@ async def routing_outcomes(bootstrap: str, lead_ids: set[str]) -> dict[str, set[
     def wanted(record: Any) -> bool:
         return record.key is not None and record.key.decode() in lead_ids
 
-    records = await read_topic(
-        bootstrap, LEAD_ROUTING.name, until=len(lead_ids), timeout_s=20, where=wanted
-    )
+    records = await read_to_end(bootstrap, LEAD_ROUTING.name, where=wanted)
     for record in records:
         event = decode(record.value)
         if event.type in ROUTING_OUTCOMES:
