@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 from support.events import scored_lead
-from support.infra import embedded_infra
+from support.infra import embedded_infra, statements
 from support.kafka import produce, read_topic
 from support.processes import running_instances
 from support.waiting import wait_for
@@ -538,3 +538,55 @@ async def test_a_consumed_batch_ends_where_its_events_one_at_a_time_end(
     assert [step[1] for step in one_at_a_time["d"][1]] == ["nurture"]
     assert one_at_a_time["e"][0][0] == "assigned"
     assert [step[1] for step in one_at_a_time["e"][1]] == ["assigned"]
+
+
+async def test_the_statements_of_a_consumed_batch_do_not_grow_with_it(feedback: Feedback) -> None:
+    """A batch of 40 leads' routing outcomes, or of their re-qualifying scores, sends the
+    same statements as a batch of 4: the leads are read and locked once, and those whose
+    state changed are written back in one statement (the ORM would send an UPDATE per
+    lead)."""
+    consumer = lifecycle_consumer(Policy())
+    db = Database(feedback.database_url, schema="feedback", source="/handoff/feedback")
+
+    def routed(lead_id: str, n: int) -> Any:
+        if n % 3 == 0:
+            return assigned(lead_id, rep_id=f"rep_{n % 5}", cycle=2)
+        if n % 3 == 1:
+            decision = assigned(lead_id).decision
+            return LeadQueuedV1(
+                lead_id=lead_id, team_id="team_1", queued_at=datetime.now(UTC), decision=decision
+            )
+        return LeadNurtureRequestedV1(
+            lead_id=lead_id,
+            reason=NurtureReason.LOW_FIT,
+            requested_at=datetime.now(UTC),
+            requested_by="router",
+        )
+
+    async def apply(data: list[Any]) -> int:
+        """Statements sent applying `data` as one run of its handler."""
+        run = [new_event(d, source="/handoff/tests", subject=d.lead_id) for d in data]
+        with statements(db) as sent:
+            async with db.unit_of_work() as uow:
+                await consumer.batch_handlers[run[0].type](uow, run)
+        return len(sent)
+
+    per_batch: dict[tuple[str, int], int] = {}
+    try:
+        for size in (4, 40):
+            ids = [new_lead_id() for _ in range(size)]
+            await apply([scored_lead(i, email=f"{i}@example.com", cycle=1) for i in ids])
+            per_batch["requalified", size] = await apply(
+                [scored_lead(i, email=f"{i}@example.com", cycle=2) for i in ids]
+            )
+            per_batch["routed", size] = await apply([routed(i, n) for n, i in enumerate(ids)])
+            states = await _lifecycle_state(db, {i: i for i in ids})
+            assert {state[0][:2] for state in states.values()} == {
+                ("assigned", 2),
+                ("queued", 2),
+                ("nurture", 2),
+            }, states
+    finally:
+        await db.dispose()
+    assert per_batch["requalified", 40] == per_batch["requalified", 4], per_batch
+    assert per_batch["routed", 40] == per_batch["routed", 4], per_batch

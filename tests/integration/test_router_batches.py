@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from support.events import scored_lead
-from support.infra import Infra, service_database
+from support.infra import Infra, service_database, statements
 
 from handoff_router import service
 from handoff_runtime.db import Database
@@ -130,11 +130,6 @@ async def test_the_statements_of_a_routed_batch_do_not_grow_with_it(infra: Infra
     written so far, and so write every table once per lead."""
     with service_database(infra.database_url, "router") as url:
         db = Database(url, schema="router", source="/test")
-        statements: list[str] = []
-
-        def count(*args: Any) -> None:
-            statements.append(args[2])
-
         try:
             async with db.unit_of_work() as uow:
                 team = await service.create_team(uow, "Sales")
@@ -145,7 +140,6 @@ async def test_the_statements_of_a_routed_batch_do_not_grow_with_it(infra: Infra
                     )
             async with db.unit_of_work() as uow:  # every account gets its owner
                 await route(uow, [scored(n, f"account{n}.com") for n in range(8)], "route_normally")
-            sa.event.listen(db.engine.sync_engine, "before_cursor_execute", count)
             per_batch: dict[tuple[str, int], int] = {}
             for path, accounts in (("account_owner", True), ("assigned", False)):
                 for size in (4, 40):
@@ -154,13 +148,12 @@ async def test_the_statements_of_a_routed_batch_do_not_grow_with_it(infra: Infra
                         scored(first + n, f"account{n % 8}.com" if accounts else None)
                         for n in range(size)
                     ]
-                    statements.clear()
-                    async with db.unit_of_work() as uow:
-                        outcomes = await route(uow, batch, "route_normally")
+                    with statements(db) as sent:
+                        async with db.unit_of_work() as uow:
+                            outcomes = await route(uow, batch, "route_normally")
                     assert outcomes == [path] * size
-                    per_batch[path, size] = len(statements)
+                    per_batch[path, size] = len(sent)
         finally:
-            sa.event.remove(db.engine.sync_engine, "before_cursor_execute", count)
             await db.dispose()
     assert per_batch["account_owner", 40] == per_batch["account_owner", 4], per_batch
     assert per_batch["assigned", 40] == per_batch["assigned", 4], per_batch

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from fastapi import Response
-from support.infra import Infra, service_database
+from support.infra import Infra, service_database, statements
 
 from handoff_runtime.db import Database
 from handoff_runtime.idempotency import (
@@ -48,21 +47,6 @@ def delivery(delivery_id: str, **lead: Any) -> Delivery:
 
 def body_of(answer: Response) -> Any:
     return json.loads(bytes(answer.body))
-
-
-@contextmanager
-def statements(db: Database) -> Iterator[list[str]]:
-    """The SQL statements sent while the block runs (BEGIN and COMMIT are not statements)."""
-    sent: list[str] = []
-
-    def note(*args: Any) -> None:
-        sent.append(args[2])
-
-    sa.event.listen(db.engine.sync_engine, "before_cursor_execute", note)
-    try:
-        yield sent
-    finally:
-        sa.event.remove(db.engine.sync_engine, "before_cursor_execute", note)
 
 
 async def rows(db: Database, query: str) -> list[tuple[Any, ...]]:

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col, select
 
-from .models import HistoryEntry, PendingStatus, TrackedLead
+from .models import SCHEMA, HistoryEntry, PendingStatus, TrackedLead
+
+LEAD_STATE = ("status", "rep_id", "team_id", "updated_at", "cycle", "status_at")
+"""The columns of a tracked lead that its lifecycle changes."""
+
+# One statement text for any number of leads (arrays, not a VALUES list per size).
+UPDATE_LEADS = sa.text(
+    f"UPDATE {SCHEMA}.leads AS lead SET status = changed.status, rep_id = changed.rep_id,"
+    " team_id = changed.team_id, updated_at = changed.updated_at, cycle = changed.cycle,"
+    " status_at = changed.status_at"
+    " FROM unnest(CAST(:lead_id AS text[]), CAST(:status AS text[]),"
+    " CAST(:rep_id AS text[]), CAST(:team_id AS text[]),"
+    " CAST(:updated_at AS timestamptz[]), CAST(:cycle AS int4[]),"
+    " CAST(:status_at AS timestamptz[]))"
+    " AS changed(lead_id, status, rep_id, team_id, updated_at, cycle, status_at)"
+    " WHERE lead.lead_id = changed.lead_id"
+)
 
 
 class FeedbackRepository:
@@ -20,6 +38,29 @@ class FeedbackRepository:
     def add(self, row: TrackedLead | HistoryEntry | PendingStatus) -> None:
         """Stage a new row in the transaction."""
         self.session.add(row)
+
+    async def save_changed(self, leads: Iterable[TrackedLead]) -> int:
+        """Write, in one statement, those of `leads` already in the table whose state changed
+        since they were read, and mark them saved in the session. The ORM would flush them
+        one `UPDATE` per lead (asyncpg reports no row counts for a batch of updates, so the
+        ORM sends each alone to check it). New leads are left to the ORM's batched insert.
+        Returns how many were written."""
+        changed = [
+            lead for lead in leads if sa.inspect(lead).persistent and self.session.is_modified(lead)
+        ]
+        if not changed:
+            return 0
+        # Each bind parameter is one column's values, in the order of `changed`.
+        columns = {
+            name: [getattr(lead, name) for lead in changed] for name in ("lead_id", *LEAD_STATE)
+        }
+        # Without an autoflush first: it would send the very per-lead updates this replaces.
+        with self.session.no_autoflush:
+            await self.session.execute(UPDATE_LEADS, columns)
+        for lead in changed:
+            for name in LEAD_STATE:
+                set_committed_value(lead, name, getattr(lead, name))
+        return len(changed)
 
     async def delete(self, row: PendingStatus) -> None:
         """Remove a row in the transaction."""

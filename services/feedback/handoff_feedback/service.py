@@ -119,6 +119,7 @@ async def leads_seen(uow: UnitOfWork, sightings: Sequence[Sighting]) -> None:
         else:
             _history(repo, lead, None, "created", "marketing", seen.at, now)
             created.add(seen.lead_id)
+    await repo.save_changed(leads.values())
 
 
 Routed = LeadAssignedV1 | LeadQueuedV1 | LeadNurtureRequestedV1
@@ -155,6 +156,7 @@ async def leads_routed(uow: UnitOfWork, events: Sequence[Routed], policy: Policy
                 reason=event.reason.value,
                 note=event.note,
             )
+    await repo.save_changed(leads.values())
 
 
 def _tracked(
