@@ -93,12 +93,9 @@ async def leads_seen(uow: UnitOfWork, sightings: Sequence[Sighting]) -> None:
     )
     now = utcnow()
     for seen in sightings:
-        lead = leads.get(seen.lead_id)
-        if lead is None:
-            lead = TrackedLead(lead_id=seen.lead_id, status=NEW, cycle=seen.cycle, updated_at=now)
-            repo.add(lead)
-            leads[seen.lead_id] = lead
-        elif seen.cycle > lead.cycle:
+        known = seen.lead_id in leads
+        lead = _tracked(repo, leads, seen.lead_id, seen.cycle)
+        if known and seen.cycle > lead.cycle:
             previous = lead.status
             lead.status, lead.cycle, lead.status_at, lead.updated_at = NEW, seen.cycle, None, now
             note = f"cycle {seen.cycle}"

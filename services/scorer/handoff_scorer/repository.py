@@ -2,45 +2,48 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
+from handoff_runtime.intake import first_delivery_statement, key_unclaimed
+from handoff_runtime.tables import RuntimeTables
+
 from .models import IcpVersion, Lead, LeadScore, RescoreJob
 
-NEW_LEAD_FIRST_DELIVERY = sa.text(
-    """
-    WITH lead AS (
-        INSERT INTO scorer.leads (id, email, profile, received_at, status, cycle)
-        SELECT :lead_id, :email, CAST(:profile AS jsonb), :received_at, 'received', 1
-        WHERE NOT EXISTS (SELECT FROM scorer.idempotency_keys WHERE key = :key)
-        ON CONFLICT (email) DO NOTHING
-        RETURNING id
-    ), claimed AS (
-        INSERT INTO scorer.idempotency_keys (key, request_hash, status_code, response)
-        SELECT :key, :request_hash, :status_code, CAST(:response AS jsonb) FROM lead
-        ON CONFLICT (key) DO NOTHING
-        RETURNING key
-    ), announced AS (
-        INSERT INTO scorer.outbox (event_id, topic, key, value, headers)
-        SELECT :event_id, :topic, :lead_id, :value, CAST(:headers AS jsonb) FROM claimed
-        RETURNING id
+
+@functools.cache
+def new_lead_first_delivery(tables: RuntimeTables) -> sa.Select[Any]:
+    """A new person's first delivery in one statement (built once per schema's tables): the
+    lead (unless the person is known or the key already claimed), the key claimed with its
+    answer (only with the lead), and the lead.created outbox row (only with both). Binds
+    `lead_id`, `email`, `profile` (JSON text) and `received_at`, and the runtime's
+    `first_delivery_values`."""
+    leads = Lead.__table__  # type: ignore[attr-defined]
+    lead = (
+        insert(leads)
+        .from_select(
+            ["id", "email", "profile", "received_at", "status", "cycle"],
+            sa.select(
+                sa.bindparam("lead_id", type_=leads.c.id.type),
+                sa.bindparam("email", type_=leads.c.email.type),
+                sa.cast(sa.bindparam("profile", type_=sa.Text), JSONB),
+                sa.bindparam("received_at", type_=leads.c.received_at.type),
+                sa.literal("received", leads.c.status.type),
+                sa.literal(1, leads.c.cycle.type),
+            ).where(key_unclaimed(tables)),
+        )
+        .on_conflict_do_nothing(index_elements=["email"])
+        .returning(leads.c.id)
+        .cte("lead")
     )
-    SELECT (SELECT count(*) FROM lead) AS created, (SELECT count(*) FROM announced) AS announced
-    """
-).bindparams(
-    sa.bindparam("received_at", type_=sa.DateTime(timezone=True)),
-    sa.bindparam("status_code", type_=sa.Integer),
-    sa.bindparam("value", type_=sa.LargeBinary),
-)
-"""A new person's first delivery in one statement: the lead (unless the person is known or
-the key already claimed), the key claimed with its answer (only with the lead), and the
-lead.created outbox row (only with both)."""
+    return first_delivery_statement(tables, lead)
 
 
 class ScorerRepository:
@@ -96,10 +99,13 @@ class ScorerRepository:
         )
         return inserted.first()
 
-    async def insert_new_lead_first_delivery(self, **values: Any) -> tuple[int, int]:
-        """Run NEW_LEAD_FIRST_DELIVERY with `values` (JSON columns as JSON text); how many
-        leads it inserted and how many events it announced (0 or 1 each)."""
-        created, announced = (await self.session.execute(NEW_LEAD_FIRST_DELIVERY, values)).one()
+    async def insert_new_lead_first_delivery(
+        self, tables: RuntimeTables, **values: Any
+    ) -> tuple[int, int]:
+        """Run `new_lead_first_delivery` with `values`; how many leads it inserted and how
+        many events it announced (0 or 1 each)."""
+        statement = new_lead_first_delivery(tables)
+        created, announced = (await self.session.execute(statement, values)).one()
         return int(created), int(announced)
 
     def add(self, row: Lead | LeadScore | IcpVersion | RescoreJob) -> None:

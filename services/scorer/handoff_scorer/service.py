@@ -7,13 +7,12 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Literal, TypeVar
 
-import orjson
 import sqlalchemy as sa
 from pydantic import BaseModel
 
 from handoff_runtime.db import UnitOfWork
 from handoff_runtime.idempotency import DeliveryInProgress
-from handoff_runtime.intake import FirstDelivery
+from handoff_runtime.intake import FirstDelivery, first_delivery_values
 from handoff_runtime.problems import DomainError, NotFound
 from handoff_schemas import (
     ICP,
@@ -89,18 +88,12 @@ async def accept_first_delivery(
         subject=lead_id,
     )
     created, announced = await ScorerRepository(uow.session).insert_new_lead_first_delivery(
+        uow.tables,
         lead_id=lead_id,
         email=email,
         profile=profile.model_dump_json(),
         received_at=received_at,
-        key=delivery.key,
-        request_hash=delivery.request_hash,
-        status_code=delivery.status_code,
-        response=orjson.dumps(response.model_dump(mode="json")).decode(),
-        event_id=row["event_id"],
-        topic=row["topic"],
-        value=row["value"],
-        headers=orjson.dumps(row["headers"]).decode(),
+        **first_delivery_values(delivery, response, row),
     )
     if created and not announced:
         raise DeliveryInProgress(
