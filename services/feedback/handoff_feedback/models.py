@@ -45,7 +45,7 @@ class HistoryEntry(SQLModel, table=True):
     from_status: str | None = None
     to_status: str
     reason: str | None = None
-    note: str | None = None
+    note: str | None = Field(default=None, sa_type=sa.Text)
     actor: str | None = None
     rep_id: str | None = None
     occurred_at: datetime = Field(sa_type=TS)

@@ -35,10 +35,10 @@ class Rep(SQLModel, table=True):
     that create and end assignments, under the team's routing lock."""
 
     __tablename__ = "reps"
-    __table_args__ = {"schema": SCHEMA}
+    __table_args__ = (sa.Index("ix_reps_team_id", "team_id"), {"schema": SCHEMA})
 
     id: str = Field(primary_key=True, max_length=64)
-    team_id: str = Field(foreign_key=f"{SCHEMA}.teams.id", index=True)
+    team_id: str = Field(foreign_key=f"{SCHEMA}.teams.id")
     name: str
     email: str
     capacity: int
@@ -70,7 +70,13 @@ class Assignment(SQLModel, table=True):
             unique=True,
             postgresql_where=sa.text("active"),
         ),
+        sa.Index("ix_assignments_rep_id", "rep_id"),
         sa.Index("assignments_rep_assigned_at", "rep_id", "assigned_at"),
+        sa.Index(
+            "assignments_awaiting_first_touch",
+            "assigned_at",
+            postgresql_where=sa.text("active AND first_touched_at IS NULL"),
+        ),
         sa.Index(
             "assignments_account_owner",
             "account_domain",
@@ -83,7 +89,7 @@ class Assignment(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     lead_id: str = Field(index=True)
-    rep_id: str = Field(foreign_key=f"{SCHEMA}.reps.id", index=True)
+    rep_id: str = Field(foreign_key=f"{SCHEMA}.reps.id")
     team_id: str
     active: bool = True
     assigned_at: datetime = Field(sa_type=TS)
@@ -128,6 +134,7 @@ class BacklogEntry(SQLModel, table=True):
     __tablename__ = "backlog"
     __table_args__ = (
         sa.Index("backlog_priority", "team_id", "grade", sa.text("score DESC"), "queued_at"),
+        sa.Index("backlog_queued_at", "queued_at"),
         {"schema": SCHEMA},
     )
 
@@ -160,7 +167,7 @@ class RoutingRule(SQLModel, table=True):
     """One ordered routing rule: leads matching its conditions go to its team."""
 
     __tablename__ = "routing_rules"
-    __table_args__ = {"schema": SCHEMA}
+    __table_args__ = (sa.UniqueConstraint("position"), {"schema": SCHEMA})
 
     id: int | None = Field(default=None, primary_key=True)
     position: int

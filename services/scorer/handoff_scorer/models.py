@@ -16,10 +16,14 @@ class Lead(SQLModel, table=True):
     """A lead as received from marketing, with its latest score."""
 
     __tablename__ = "leads"
-    __table_args__ = {"schema": SCHEMA}
+    __table_args__ = (
+        sa.Index("leads_email_key", "email", unique=True),
+        sa.Index("leads_account_domain", "account_domain"),
+        {"schema": SCHEMA},
+    )
 
     id: str = Field(primary_key=True, max_length=64)
-    email: str = Field(unique=True, description="Normalised: one lead per person.")
+    email: str = Field(description="Normalised (unique): one lead per person.")
     profile: dict[str, Any] = Field(sa_column=sa.Column(JSONB, nullable=False))
     received_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
     status: str = Field(default="received", description="received | scored")
@@ -27,7 +31,7 @@ class Lead(SQLModel, table=True):
     grade: str | None = None
     engagement_level: int | None = None
     icp_version: int | None = None
-    account_domain: str | None = Field(default=None, index=True)
+    account_domain: str | None = None
     outcome: str | None = Field(
         default=None, description="How sales closed the lead (won, lost, disqualified, recycled)."
     )
@@ -76,7 +80,12 @@ class RescoreJob(SQLModel, table=True):
     """Re-scoring every scored lead with one ICP version, batch by batch."""
 
     __tablename__ = "rescore_jobs"
-    __table_args__ = {"schema": SCHEMA}
+    __table_args__ = (
+        sa.Index(
+            "rescore_jobs_running", "created_at", postgresql_where=sa.text("state = 'running'")
+        ),
+        {"schema": SCHEMA},
+    )
 
     id: str = Field(primary_key=True, max_length=64)
     icp_version: int
