@@ -21,16 +21,14 @@ from support.infra import embedded_infra
 from support.kafka import read_topic
 from support.processes import running_instances
 from support.system import admin_headers
+from support.waiting import wait_for
 
 from handoff_schemas import LEAD_ROUTING, decode
 from handoff_scorer.scoring import load_demo_icp
 
 pytestmark = pytest.mark.integration
 
-SLA_SECONDS = 12
-"""Long enough for the third owner's contact to travel (test reader, feedback, its relay,
-the router) before the deadline while the whole suite loads the machine; at 8 s it once did
-not."""
+SLA_SECONDS = 8
 BACKLOG_MAX_AGE_SECONDS = 6
 # The unsigned local webhook source, and the admin token teams, reps and the ICP need.
 CLIENT_HEADERS = {"webhook-source": "local", **admin_headers()}
@@ -141,6 +139,16 @@ async def test_missed_first_touch_is_reassigned_escalated_and_a_touch_stops_the_
             assert [b.data.reassignments for b in breaches] == [1, 2]
             assert breaches[0].data.rep_id == first.data.rep_id
             assignments = await events(sla, lead_id, "handoff.lead.assigned.v1", until=3)
+            third_owner = assignments[2].data.rep_id
+
+            async def feedback_knows_the_third_owner() -> bool:
+                answer = await http.get(f"{sla.feedback}/v1/leads/{lead_id}/history")
+                return answer.status_code == 200 and answer.json()["rep_id"] == third_owner
+
+            # The CRM reports for the assignment feedback has seen. A report that overtakes
+            # feedback's reading of the reassignment counts for the previous owner
+            # (docs/RELIABILITY.md, known limits), and the new owner's clock runs on.
+            assert await wait_for(feedback_knows_the_third_owner, timeout_s=SLA_SECONDS / 2)
             # The third owner makes contact in time (at once, before the slower checks below,
             # so a busy machine cannot let the deadline pass first): no further breach.
             touched = await http.post(
