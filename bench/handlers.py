@@ -3,12 +3,14 @@ services' own consumer groups apply batches of the load generator's leads on the
 PostgreSQL, each stage fed the records the stage before it wrote to its outbox (what its relay
 would publish), and the CPU and the SQL statements of every batch are counted.
 
-    python bench/handlers.py [--sizes 4 40] [--batches 10]
+    python bench/handlers.py [--sizes 4 40] [--batches 10] [--profile]
 
 For each service and batch size it prints the CPU per lead and the statements per batch by
 kind. A statement sent more often in larger batches is a read or write per lead that a
 set-based handler should not have (an ORM lookup that autoflushes, say): the printout flags
-it. A profile of the running services (`bench/profile.py`) shows where a process spends its
+it. `--profile` also writes each service's batches' cProfile statistics to
+bench/out/handlers-<service>.prof and prints their costliest functions. A profile of the
+running services (`bench/profile_services.py`) shows where a process spends its
 time but not which statements a batch sends, nor what one handler costs on its own.
 """
 
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import pstats
 import shutil
 import tempfile
 import time
@@ -29,6 +33,7 @@ from typing import Any, TypeAlias, cast
 import sqlalchemy as sa
 from aiokafka.structs import ConsumerRecord
 from loadgen import lead
+from run import OUT
 
 from handoff_feedback.consumers import lifecycle_consumer
 from handoff_feedback.kpis import kpi_projection
@@ -36,11 +41,13 @@ from handoff_feedback.settings import FeedbackSettings
 from handoff_router import service as router_service
 from handoff_router.consumers import routing_consumer
 from handoff_router.settings import RouterSettings
+from handoff_runtime import collector
 from handoff_runtime.consumer import Consumer, ConsumerLoop, ConsumerSettings
 from handoff_runtime.db import Database
 from handoff_runtime.embedded import EmbeddedPostgres
 from handoff_runtime.logs import configure_logging
 from handoff_runtime.migrations import upgrade
+from handoff_runtime.settings import ServiceSettings
 from handoff_schemas import LeadProfile
 from handoff_scorer import service as scorer_service
 from handoff_scorer.consumers import leads as scorer_consumer
@@ -64,6 +71,7 @@ class Service:
 
     def __init__(self, url: str, name: str, consumers: list[Consumer]) -> None:
         self.name = name
+        self.profile: cProfile.Profile | None = None
         self.db = Database(url, schema=name, source=f"/handoff/{name}")
         settings = ConsumerSettings(
             service=name, max_records=10_000, max_attempts=1, retry_backoff_s=0, commit_timeout_s=1
@@ -80,8 +88,14 @@ class Service:
         """Every consumer group of the service applies `records` as one consumed batch."""
         self.sent.clear()
         started = time.process_time()
-        for loop in self.loops:
-            await loop.process_batch(records)
+        if self.profile is not None:
+            self.profile.enable()
+        try:
+            for loop in self.loops:
+                await loop.process_batch(records)
+        finally:
+            if self.profile is not None:
+                self.profile.disable()
         return Batch(leads, time.process_time() - started, Counter(self.sent))
 
     async def published(self) -> list[Record]:
@@ -105,7 +119,9 @@ class Service:
         ]
 
 
-async def measure(url: str, sizes: list[int], batches: int) -> dict[str, dict[int, list[Batch]]]:
+async def measure(
+    url: str, sizes: list[int], batches: int, *, profile: bool = False
+) -> dict[str, dict[int, list[Batch]]]:
     scorer = Service(url, "scorer", [scorer_consumer])
     router = Service(url, "router", [routing_consumer(RouterSettings())])
     feedback = Service(
@@ -121,6 +137,7 @@ async def measure(url: str, sizes: list[int], batches: int) -> dict[str, dict[in
                 uow, team_id=team.id, name=f"Rep {n}", email=f"rep{n}@bench.io", capacity=10_000
             )
     await scorer.published()  # the ICP announcement
+    collector.tune(ServiceSettings().gc_threshold)  # as each service does once started
     results: dict[str, dict[int, list[Batch]]] = {s: {} for s in SERVICES}
     sent = 0
     for size in sizes:
@@ -137,6 +154,9 @@ async def measure(url: str, sizes: list[int], batches: int) -> dict[str, dict[in
             routed_batch = await router.apply(scored, size)
             routed = await router.published()
             feedback_batch = await feedback.apply(created + scored + routed, size)
+            if round_ == 0 and profile:  # from the first measured batch on
+                for each in (scorer, router, feedback):
+                    each.profile = cProfile.Profile()
             if round_:
                 for name, batch in zip(
                     SERVICES, (scored_batch, routed_batch, feedback_batch), strict=True
@@ -144,7 +164,22 @@ async def measure(url: str, sizes: list[int], batches: int) -> dict[str, dict[in
                     results[name].setdefault(size, []).append(batch)
     for each in (scorer, router, feedback):
         await each.db.dispose()
+        if each.profile is not None:
+            write_profile(each.name, each.profile)
     return results
+
+
+def write_profile(name: str, profile: cProfile.Profile, top: int = 25) -> None:
+    """Save a service's statistics and print its costliest functions, on their own and with
+    what they call."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"handlers-{name}.prof"
+    profile.dump_stats(path)
+    print(f"\n{name}: {path}")
+    stats = pstats.Stats(profile)
+    stats.sort_stats("tottime").print_stats(top)
+    ours = r"handoff_|pydantic/main|sqlalchemy/orm/session"
+    stats.sort_stats("cumulative").print_stats(ours, top)
 
 
 def report(results: dict[str, dict[int, list[Batch]]]) -> None:
@@ -200,10 +235,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--sizes", type=int, nargs="+", default=[4, 40])
     parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--profile", action="store_true", help="cProfile each service's batches")
     args = parser.parse_args()
     configure_logging("bench", "WARNING")
     with database() as url:
-        report(asyncio.run(measure(url, sorted(args.sizes), args.batches)))
+        report(asyncio.run(measure(url, sorted(args.sizes), args.batches, profile=args.profile)))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from handoff_schemas import DEAD_LETTER_TOPICS, TOPICS
 
-from . import crashpoints, diagnostics
+from . import collector, crashpoints, diagnostics
 from .aio import cancel_and_wait, within
 from .consumer import Consumer, ConsumerLoop, ConsumerSettings
 from .db import Database
@@ -109,6 +109,7 @@ class ServiceRuntime:
             self._tasks.append(asyncio.create_task(worker(self), name=name))
         for task in self._tasks:
             task.add_done_callback(_log_crash)
+        collector.tune(s.gc_threshold)
 
     async def _start_consumers(self, *, from_beginning: bool = False) -> None:
         """Join each consumer group; a group without committed offsets starts at the earliest,

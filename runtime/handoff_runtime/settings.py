@@ -117,6 +117,13 @@ class ServiceSettings(BaseSettings):
         '`{"hubspot": {"secrets": ["whsec_..."]}, "demo": {"signed": false}}`. Several '
         "secrets verify at once while one is rotated.",
     )
+    gc_threshold: int = Field(
+        default=50_000,
+        ge=0,
+        description="Allocations between collections of the young generation of Python's "
+        "cycle collector (CPython's default is 700); objects made at start-up are frozen out "
+        "of its reach. 0 keeps CPython's defaults. See handoff_runtime/collector.py.",
+    )
     max_body_bytes: int = Field(
         default=262144, ge=1, description="Largest webhook body accepted (bytes); larger is 413."
     )

@@ -11,7 +11,6 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
-    EmailStr,
     Field,
     StrictBool,
     StrictFloat,
@@ -23,7 +22,7 @@ from handoff_runtime.auth import UNAUTHORIZED_RESPONSE, require_admin
 from handoff_runtime.db import Database
 from handoff_runtime.problems import NotFound
 from handoff_runtime.service import database, runtime_of
-from handoff_schemas import CapacityLevel, FitGrade, Instant, utcnow
+from handoff_schemas import CapacityLevel, Email, FitGrade, Instant, utcnow
 
 from . import service
 from .models import Rep
@@ -82,7 +81,7 @@ class TeamCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     manager_name: str | None = Field(default=None, max_length=200)
-    manager_email: EmailStr | None = None
+    manager_email: Email | None = None
     respect_working_hours: StrictBool = Field(
         default=False, description="Route only to reps within their working hours."
     )
@@ -95,7 +94,7 @@ class TeamUpdate(BaseModel):
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     manager_name: str | None = Field(default=None, max_length=200)
-    manager_email: EmailStr | None = None
+    manager_email: Email | None = None
     respect_working_hours: StrictBool | None = None
     is_default: Literal[True] | None = Field(
         default=None, description="true makes this the fallback team for leads no rule matches."
@@ -181,7 +180,7 @@ class RepCreate(RepProfile):
 
     team_id: str = Field(min_length=1, max_length=64)
     name: str = Field(min_length=1, max_length=200)
-    email: EmailStr
+    email: Email
     capacity: StrictInt = Field(ge=0, le=10_000)
     weight: StrictFloat = Field(default=1.0, gt=0, le=100)
     active: StrictBool = True

@@ -1,7 +1,7 @@
 """Where Handoff's CPU goes under load: py-spy samples each service while the load generator
 saturates the intake, and the hottest functions are printed per service.
 
-    python bench/profile.py [--seconds 20] [--mode saturate|rate --rate 300] [--gil]
+    python bench/profile_services.py [--seconds 20] [--mode saturate|rate --rate 300] [--gil]
 
 Writes bench/out/profile-<service>.svg (flame graphs) and bench/out/profile-<service>.txt
 (collapsed stacks). Sampling is `--nonblocking`, so the services run at full speed.
