@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel
@@ -21,8 +21,12 @@ from sqlalchemy.ext.asyncio import (
 from handoff_schemas import CONTENT_TYPE, CloudEvent, encode, new_event
 
 from . import crashpoints
+from .grouping import GroupCommit
 from .tables import RuntimeTables
 from .tracing import continuing, current_traceparent
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
 
 
 def async_url(url: str) -> str:
@@ -63,6 +67,23 @@ def _discard_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
         raise sa_exc.DisconnectionError("the server closed this connection")
 
 
+def announcement(
+    data: BaseModel, *, source: str, topic: str, subject: str, traceparent: str | None
+) -> tuple[CloudEvent[Any], dict[str, Any]]:
+    """An event about `subject` and the outbox row that announces it: event_id, topic, key,
+    value (the record's bytes) and headers."""
+    event = new_event(data, source=source, subject=subject, traceparent=traceparent)
+    headers = {"content-type": CONTENT_TYPE, "ce_type": event.type, "ce_id": event.id}
+    row = {
+        "event_id": event.id,
+        "topic": topic,
+        "key": subject,
+        "value": encode(event),
+        "headers": headers,
+    }
+    return event, row
+
+
 @dataclass
 class UnitOfWork:
     """One transaction: the state changes and the events announcing them commit together.
@@ -99,17 +120,13 @@ class UnitOfWork:
         """The event `publish` would stage, and its outbox row (event_id, topic, key, value,
         headers), for a statement that writes the row itself along with other rows; call
         `announced` once it has."""
-        traceparent = current_traceparent() or continuing(self.traces.get(subject))
-        event = new_event(data, source=self.source, subject=subject, traceparent=traceparent)
-        headers = {"content-type": CONTENT_TYPE, "ce_type": event.type, "ce_id": event.id}
-        row = {
-            "event_id": event.id,
-            "topic": topic,
-            "key": subject,
-            "value": encode(event),
-            "headers": headers,
-        }
-        return event, row
+        return announcement(
+            data,
+            source=self.source,
+            topic=topic,
+            subject=subject,
+            traceparent=current_traceparent() or continuing(self.traces.get(subject)),
+        )
 
     def announced(self, count: int = 1) -> None:
         """Count outbox rows written by a statement of the caller's own (see `announcement`),
@@ -167,6 +184,7 @@ class Database:
         self.source = source
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._committed_listeners: list[Callable[[], None]] = []
+        self._groups: dict[str, GroupCommit[Any, Any]] = {}
 
     def on_events_committed(self, listener: Callable[[], None]) -> None:
         """Call `listener` after any commit that staged events (the relay's wake-up)."""
@@ -186,6 +204,40 @@ class Database:
         for callback in uow.after_commit:
             callback()
 
+    def announcement(
+        self, data: BaseModel, *, topic: str, subject: str
+    ) -> tuple[CloudEvent[Any], dict[str, Any]]:
+        """`UnitOfWork.announcement` outside any transaction, in the current request's trace:
+        for an item a `GroupCommit` writes later, in its writer's own unit of work."""
+        return announcement(
+            data,
+            source=self.source,
+            topic=topic,
+            subject=subject,
+            traceparent=current_traceparent(),
+        )
+
+    def group_commit(
+        self,
+        name: str,
+        write: Callable[[Sequence[ItemT]], Awaitable[Sequence[ResultT | BaseException]]],
+        *,
+        conflicts: Callable[[ItemT], Iterable[Hashable]],
+        max_items: int = 100,
+    ) -> GroupCommit[ItemT, ResultT]:
+        """The service's group commit called `name`, made with these arguments on first use
+        (see `handoff_runtime.grouping`); closed by `dispose`."""
+        group = self._groups.get(name)
+        if group is None:
+            group = GroupCommit(
+                name, write, conflicts=conflicts, max_items=max_items, service=self.tables.schema
+            )
+            self._groups[name] = group
+        return group
+
     async def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Write what the group commits hold, then close every pooled connection."""
+        for group in self._groups.values():
+            await group.close()
+        self._groups.clear()
         await self.engine.dispose()

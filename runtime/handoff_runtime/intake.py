@@ -8,7 +8,7 @@ models to the OpenAPI components.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,7 @@ import orjson
 import sqlalchemy as sa
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 
 from .db import Database, UnitOfWork
 from .idempotency import body_hash, claim, remember
@@ -29,47 +29,78 @@ _REQUEST_MODELS: dict[str, type[BaseModel]] = {}
 
 @dataclass(frozen=True)
 class FirstDelivery:
-    """What a route's own one-statement path needs to claim a delivery's key together with
-    its effect: the key, the request hash, and the status the answer will have. The route
-    builds the statement with `first_delivery_statement`: its effect is made only if the key
-    is not claimed already (a committed claim is the general path's to answer: a replay, or
-    a conflict), and the key is claimed only if the effect was made."""
+    """What a route's own path for first deliveries needs to claim a delivery's key together
+    with its effect: the key, the request hash, and the status the answer will have. The
+    route writes such deliveries with `first_deliveries_statement`, several at a time: each
+    one's effect is made only if its key is not claimed already (a committed claim is the
+    general path's to answer: a replay, or a conflict), and the key is claimed only if the
+    effect was made."""
 
     key: str
     request_hash: str
     status_code: int
 
 
-def key_unclaimed(tables: RuntimeTables) -> sa.ColumnElement[bool]:
-    """The condition a first path's effect is written under: no claim of the delivery's key
-    (the `key` bind parameter of `first_delivery_statement`) exists yet."""
-    keys = tables.idempotency_keys
-    return ~sa.exists().where(keys.c.key == sa.bindparam("key", type_=keys.c.key.type))
-
-
-def first_delivery_statement(tables: RuntimeTables, effect: sa.CTE) -> sa.Select[Any]:
-    """One statement for a first delivery: the route's `effect` (an `INSERT … RETURNING` as a
-    CTE, written under `key_unclaimed`), then the delivery's key claimed with its answer,
-    only if the effect wrote a row, then the event announcing it, only if the key was
-    claimed. It selects `created` (rows the effect wrote) and `announced` (0 or 1).
-
-    Its runtime bind parameters are `first_delivery_values`; the effect's own are the
-    caller's."""
+def _delivery_columns(tables: RuntimeTables) -> list[tuple[str, sa.types.TypeEngine[Any]]]:
     keys, outbox = tables.idempotency_keys, tables.outbox
+    return [
+        ("key", keys.c.key.type),
+        ("request_hash", keys.c.request_hash.type),
+        ("status_code", keys.c.status_code.type),
+        ("response", sa.Text()),  # JSON text, cast to jsonb as written
+        ("event_id", outbox.c.event_id.type),
+        ("topic", outbox.c.topic.type),
+        ("subject", outbox.c.key.type),
+        ("value", outbox.c.value.type),
+        ("headers", sa.Text()),
+    ]
 
-    def bound(column: sa.Column[Any], name: str | None = None) -> sa.BindParameter[Any]:
-        return sa.bindparam(name or column.name, type_=column.type)
 
+def first_deliveries(
+    tables: RuntimeTables, columns: Sequence[tuple[str, sa.types.TypeEngine[Any]]]
+) -> sa.CTE:
+    """The deliveries one statement writes, a row each (`delivery`): the runtime's columns
+    (`first_delivery_values`) and the route's own `columns`, each column bound as one array
+    parameter of its name (`as_arrays`)."""
+    named = [*_delivery_columns(tables), *columns]
+    arrays = [sa.cast(sa.bindparam(name, type_=ARRAY(kind)), ARRAY(kind)) for name, kind in named]
+    rows = (
+        sa.func.unnest(*arrays)
+        .table_valued(*(sa.column(name, kind) for name, kind in named))
+        .render_derived()
+    )
+    return sa.select(rows).cte("delivery")
+
+
+def key_unclaimed(tables: RuntimeTables, delivery: sa.CTE) -> sa.ColumnElement[bool]:
+    """The condition a delivery's effect is written under: no claim of its key exists yet."""
+    keys = tables.idempotency_keys
+    return ~sa.exists().where(keys.c.key == delivery.c.key)
+
+
+def first_deliveries_statement(
+    tables: RuntimeTables, delivery: sa.CTE, effect: sa.CTE, made: sa.ColumnElement[bool]
+) -> sa.Select[Any]:
+    """One statement for first deliveries (`delivery`, from `first_deliveries`): the route's
+    `effect` (an `INSERT … RETURNING` as a CTE, written under `key_unclaimed`; `made` joins a
+    row it wrote to its delivery), then each delivery's key claimed with its answer, only if
+    its effect wrote a row, then the event announcing it, only if the key was claimed. It
+    selects, per delivery, `key`, `created` (its effect wrote a row) and `announced` (its
+    key was claimed and its event written).
+
+    The deliveries must have distinct keys, and effects that cannot collide with each other
+    (a `GroupCommit` with those as conflict names makes its groups so)."""
+    keys, outbox = tables.idempotency_keys, tables.outbox
     claimed = (
         insert(keys)
         .from_select(
             ["key", "request_hash", "status_code", "response"],
             sa.select(
-                bound(keys.c.key),
-                bound(keys.c.request_hash),
-                bound(keys.c.status_code),
-                sa.cast(sa.bindparam("response", type_=sa.Text), JSONB),
-            ).select_from(effect),
+                delivery.c.key,
+                delivery.c.request_hash,
+                delivery.c.status_code,
+                sa.cast(delivery.c.response, JSONB),
+            ).select_from(delivery.join(effect, made)),
         )
         .on_conflict_do_nothing(index_elements=["key"])
         .returning(keys.c.key)
@@ -80,27 +111,33 @@ def first_delivery_statement(tables: RuntimeTables, effect: sa.CTE) -> sa.Select
         .from_select(
             ["event_id", "topic", "key", "value", "headers"],
             sa.select(
-                bound(outbox.c.event_id),
-                bound(outbox.c.topic),
-                bound(outbox.c.key, "subject"),
-                bound(outbox.c.value),
-                sa.cast(sa.bindparam("headers", type_=sa.Text), JSONB),
-            ).select_from(claimed),
+                delivery.c.event_id,
+                delivery.c.topic,
+                delivery.c.subject,
+                delivery.c.value,
+                sa.cast(delivery.c.headers, JSONB),
+            ).select_from(delivery.join(claimed, claimed.c.key == delivery.c.key)),
         )
-        .returning(outbox.c.id)
+        .returning(outbox.c.event_id)
         .cte("announced")
     )
+    written = next(iter(effect.c))
     return sa.select(
-        sa.select(sa.func.count()).select_from(effect).scalar_subquery().label("created"),
-        sa.select(sa.func.count()).select_from(announced).scalar_subquery().label("announced"),
+        delivery.c.key,
+        written.is_not(None).label("created"),
+        announced.c.event_id.is_not(None).label("announced"),
+    ).select_from(
+        delivery.outerjoin(effect, made).outerjoin(
+            announced, announced.c.event_id == delivery.c.event_id
+        )
     )
 
 
 def first_delivery_values(
     delivery: FirstDelivery, answer: BaseModel, announcement: dict[str, Any]
 ) -> dict[str, Any]:
-    """The runtime's bind parameters of `first_delivery_statement`: the key claimed with
-    `answer`, and the outbox row `UnitOfWork.announcement` gave."""
+    """The runtime's columns of one delivery's row in `first_deliveries`: the key claimed
+    with `answer`, and the outbox row `Database.announcement` gave."""
     return {
         "key": delivery.key,
         "request_hash": delivery.request_hash,
@@ -114,10 +151,15 @@ def first_delivery_values(
     }
 
 
-FirstPath = Callable[[UnitOfWork, FirstDelivery], Awaitable[BaseModel | None]]
-"""A route's fast path for the common first delivery: it makes the effect, claims the key
-and stores the answer in one statement and returns that answer, or returns None having
-written nothing (then the general path runs in the same transaction)."""
+def as_arrays(rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Rows of values as one list per column: the array parameters of `first_deliveries`."""
+    return {name: [row[name] for row in rows] for name in rows[0]} if rows else {}
+
+
+FirstPath = Callable[[FirstDelivery], Awaitable[BaseModel | None]]
+"""A route's path for the common first delivery: it makes the effect, claims the key and
+stores the answer together (in its own transaction, usually through a `GroupCommit`) and
+returns that answer, or returns None having written nothing (then the general path runs)."""
 
 
 async def respond_once(
@@ -134,15 +176,13 @@ async def respond_once(
     and same body) gets the first answer again and changes nothing, and the same key with
     another body is refused (409). `outcome` names what the answer means for the intake
     metrics (accepted, updated, applied...). `first`, with a fixed status code, is tried
-    before all that for a keyed delivery (see `FirstPath`)."""
+    before all that for a keyed delivery, in a transaction of its own (see `FirstPath`)."""
+    if delivery.key is not None and first is not None and isinstance(status_code, int):
+        answered = await first(FirstDelivery(delivery.key, body_hash(delivery.body), status_code))
+        if answered is not None:
+            delivery.note_outcome(outcome(answered))
+            return JSONResponse(answered.model_dump(mode="json"), status_code=status_code)
     async with db.unit_of_work() as uow:
-        if delivery.key is not None and first is not None and isinstance(status_code, int):
-            answered = await first(
-                uow, FirstDelivery(delivery.key, body_hash(delivery.body), status_code)
-            )
-            if answered is not None:
-                delivery.note_outcome(outcome(answered))
-                return JSONResponse(answered.model_dump(mode="json"), status_code=status_code)
         if delivery.key is not None:
             stored = await claim(uow, delivery.key, body_hash(delivery.body))
             if stored is not None:

@@ -45,6 +45,13 @@ BATCH_PROCESSING = Histogram(
     ["service"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+GROUP_COMMIT_ITEMS = Histogram(
+    "handoff_group_commit_items",
+    "Items written together in one transaction by a group commit (the scorer's "
+    "`new-people`: new people's first lead deliveries), by group.",
+    ["service", "group"],
+    buckets=(1, 2, 5, 10, 20, 50, 100),
+)
 OUTBOX_BACKLOG = Gauge(
     "handoff_outbox_backlog",
     "Outbox rows committed but not yet acknowledged by the broker.",

@@ -83,7 +83,7 @@ async def when_accepted(load: Load, count: int, timeout_s: float = 60) -> None:
 # Which process crashes where, and on which hit of the point: the scorer's intake commit and
 # relay, the router's consumer after its commit and in the middle of a batch.
 CRASH_POINTS = [
-    ("scorer", "after_db_commit", 25),
+    ("scorer", "after_db_commit", 6),  # commits that staged events: intake groups and batches
     ("scorer", "after_publish", 3),
     ("router", "after_process", 3),
     ("router", "mid_batch", 2),

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from fastapi import Response
+from prometheus_client import REGISTRY
 from support.infra import Infra, service_database, statements
 
 from handoff_runtime.db import Database
@@ -43,6 +44,15 @@ async def db(infra: Infra) -> AsyncIterator[Database]:
 def delivery(delivery_id: str, **lead: Any) -> Delivery:
     body = json.dumps({"company": "Acme", **lead}).encode()
     return Delivery(source="crm", delivery_id=delivery_id, idempotency_key=None, body=body)
+
+
+def group_sizes() -> tuple[float, float]:
+    """Groups the intake's group commit has written in this process, and their items."""
+    labels = {"service": "scorer", "group": "new-people"}
+    return (
+        REGISTRY.get_sample_value("handoff_group_commit_items_count", labels) or 0,
+        REGISTRY.get_sample_value("handoff_group_commit_items_sum", labels) or 0,
+    )
 
 
 def body_of(answer: Response) -> Any:
@@ -135,3 +145,38 @@ async def test_a_key_being_claimed_elsewhere_is_answered_in_progress(db: Databas
         await racing
     assert await rows(db, "SELECT email FROM scorer.leads") == []
     assert await rows(db, "SELECT 1 FROM scorer.outbox") == []
+
+
+async def test_a_burst_of_deliveries_is_written_in_groups_each_as_if_alone(db: Database) -> None:
+    """Deliveries that arrive together share transactions (group commit); each still ends as
+    it would alone: new people accepted, a person sent twice under two keys merged, a retry
+    of a key answered from its first answer, and one lead and one `lead.created` each."""
+    people = [delivery(f"new-{n}", email=f"person{n}@acme.io") for n in range(40)]
+    twice = [delivery("grace-1", email="grace@navy.io"), delivery("grace-2", email="GRACE@navy.io")]
+    retried = [delivery("ada-1", email="ada@acme.io"), delivery("ada-1", email="ada@acme.io")]
+    burst = [*people, *twice, *retried]
+    groups, items = group_sizes()
+    with statements(db) as sent:
+        answers = await asyncio.gather(*(create_lead(d, db) for d in burst))
+    inserts = [s for s in sent if "INSERT INTO scorer.leads" in s and "unnest" in s]
+    assert len(inserts) < len(burst) / 4, f"{len(inserts)} statements for {len(burst)} deliveries"
+    # the metric SREs read counts the same groups: every keyed delivery tries the group first
+    assert group_sizes() == (groups + len(inserts), items + len(burst))
+
+    bodies = [body_of(answer) for answer in answers]
+    assert all(answer.status_code == 202 for answer in answers)
+    assert [b["status"] for b in bodies[:40]] == ["accepted"] * 40
+    assert sorted(b["status"] for b in bodies[40:42]) == ["accepted", "updated"]
+    assert bodies[40]["lead_id"] == bodies[41]["lead_id"]
+    assert bodies[42] == bodies[43]  # the retry gets the first answer
+    assert sorted("idempotent-replayed" in a.headers for a in answers[42:]) == [False, True]
+
+    leads = await rows(db, "SELECT email FROM scorer.leads")
+    assert sorted(email for (email,) in leads) == sorted(
+        [f"person{n}@acme.io" for n in range(40)] + ["grace@navy.io", "ada@acme.io"]
+    )
+    announced = await rows(db, "SELECT key FROM scorer.outbox")
+    # one lead.created per lead, and one more for the merge of the second delivery of grace
+    assert len(announced) == len(leads) + 1
+    keys = await rows(db, "SELECT key FROM scorer.idempotency_keys")
+    assert len(keys) == 40 + 2 + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
@@ -11,6 +12,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from handoff_runtime.auth import UNAUTHORIZED_RESPONSE, require_admin
 from handoff_runtime.db import Database, UnitOfWork
+from handoff_runtime.grouping import GroupCommit
 from handoff_runtime.intake import FirstDelivery, json_body, respond_once
 from handoff_runtime.problems import NotFound
 from handoff_runtime.service import database
@@ -120,6 +122,16 @@ _SIGNED_INTAKE: dict[int | str, dict[str, Any]] = {
 }
 
 
+def new_people(db: Database) -> GroupCommit[service.NewPerson[LeadAccepted], LeadAccepted | None]:
+    """The intake's group commit: new people's first deliveries, written together when
+    they arrive together (see `handoff_runtime.grouping`)."""
+    return db.group_commit(
+        "new-people",
+        functools.partial(service.accept_new_people, db),
+        conflicts=service.conflicts,
+    )
+
+
 @router.post(
     "/leads",
     status_code=status.HTTP_202_ACCEPTED,
@@ -145,15 +157,16 @@ async def create_lead(delivery: Signed, db: Db) -> JSONResponse:
             received_at=lead.received_at,
         )
 
-    async def accept_new(uow: UnitOfWork, first: FirstDelivery) -> LeadAccepted | None:
-        return await service.accept_first_delivery(
-            uow,
+    async def accept_new(first: FirstDelivery) -> LeadAccepted | None:
+        person = service.new_person(
+            db,
             profile,
             first,
             answer=lambda lead_id, at: LeadAccepted(
                 lead_id=lead_id, status="accepted", received_at=at
             ),
         )
+        return await new_people(db).submit(person)
 
     return await respond_once(
         db,

@@ -12,38 +12,53 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from handoff_runtime.intake import first_delivery_statement, key_unclaimed
+from handoff_runtime.intake import (
+    as_arrays,
+    first_deliveries,
+    first_deliveries_statement,
+    key_unclaimed,
+)
 from handoff_runtime.tables import RuntimeTables
 
 from .models import IcpVersion, Lead, LeadScore, RescoreJob
 
 
 @functools.cache
-def new_lead_first_delivery(tables: RuntimeTables) -> sa.Select[Any]:
-    """A new person's first delivery in one statement (built once per schema's tables): the
-    lead (unless the person is known or the key already claimed), the key claimed with its
-    answer (only with the lead), and the lead.created outbox row (only with both). Binds
-    `lead_id`, `email`, `profile` (JSON text) and `received_at`, and the runtime's
-    `first_delivery_values`."""
+def new_leads_first_delivery(tables: RuntimeTables) -> sa.Select[Any]:
+    """New people's first deliveries in one statement (built once per schema's tables): for
+    each delivery, the lead (unless the person is known or the key already claimed), the key
+    claimed with its answer (only with the lead), and the lead.created outbox row (only with
+    both). Binds one array each of `lead_id`, `email`, `profile` (JSON text) and
+    `received_at`, and of the runtime's `first_delivery_values`; selects per delivery its
+    `key`, `created` and `announced`."""
     leads = Lead.__table__  # type: ignore[attr-defined]
+    delivery = first_deliveries(
+        tables,
+        [
+            ("lead_id", leads.c.id.type),
+            ("email", leads.c.email.type),
+            ("profile", sa.Text()),
+            ("received_at", leads.c.received_at.type),
+        ],
+    )
     lead = (
         insert(leads)
         .from_select(
             ["id", "email", "profile", "received_at", "status", "cycle"],
             sa.select(
-                sa.bindparam("lead_id", type_=leads.c.id.type),
-                sa.bindparam("email", type_=leads.c.email.type),
-                sa.cast(sa.bindparam("profile", type_=sa.Text), JSONB),
-                sa.bindparam("received_at", type_=leads.c.received_at.type),
+                delivery.c.lead_id,
+                delivery.c.email,
+                sa.cast(delivery.c.profile, JSONB),
+                delivery.c.received_at,
                 sa.literal("received", leads.c.status.type),
                 sa.literal(1, leads.c.cycle.type),
-            ).where(key_unclaimed(tables)),
+            ).where(key_unclaimed(tables, delivery)),
         )
         .on_conflict_do_nothing(index_elements=["email"])
         .returning(leads.c.id)
         .cte("lead")
     )
-    return first_delivery_statement(tables, lead)
+    return first_deliveries_statement(tables, delivery, lead, lead.c.id == delivery.c.lead_id)
 
 
 class ScorerRepository:
@@ -99,14 +114,18 @@ class ScorerRepository:
         )
         return inserted.first()
 
-    async def insert_new_lead_first_delivery(
-        self, tables: RuntimeTables, **values: Any
-    ) -> tuple[int, int]:
-        """Run `new_lead_first_delivery` with `values`; how many leads it inserted and how
-        many events it announced (0 or 1 each)."""
-        statement = new_lead_first_delivery(tables)
-        created, announced = (await self.session.execute(statement, values)).one()
-        return int(created), int(announced)
+    async def insert_new_leads_first_delivery(
+        self, tables: RuntimeTables, rows: Sequence[dict[str, Any]]
+    ) -> dict[str, tuple[bool, bool]]:
+        """Run `new_leads_first_delivery` for `rows` (one dict of values per delivery, keys
+        distinct); whether each delivery's lead was inserted and its event announced, by
+        key."""
+        result = await self.session.execute(new_leads_first_delivery(tables), as_arrays(rows))
+        return {key: (bool(created), bool(announced)) for key, created, announced in result}
+
+    async def delete_leads(self, lead_ids: Sequence[str]) -> None:
+        """Remove leads written earlier in this transaction that must not stay."""
+        await self.session.execute(sa.delete(Lead).where(col(Lead.id).in_(lead_ids)))
 
     def add(self, row: Lead | LeadScore | IcpVersion | RescoreJob) -> None:
         """Stage a new row in the transaction."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import sqlalchemy as sa
 from pydantic import BaseModel
 
-from handoff_runtime.db import UnitOfWork
+from handoff_runtime.db import Database, UnitOfWork
 from handoff_runtime.idempotency import DeliveryInProgress
 from handoff_runtime.intake import FirstDelivery, first_delivery_values
 from handoff_runtime.problems import DomainError, NotFound
@@ -65,43 +66,85 @@ async def accept_lead(uow: UnitOfWork, received: LeadProfile) -> tuple[Lead, boo
     return lead, is_new
 
 
-async def accept_first_delivery(
-    uow: UnitOfWork,
+@dataclass(frozen=True)
+class NewPerson(Generic[AnswerT]):
+    """A first delivery of a person not known yet, ready to be written with others
+    (`accept_new_people`): its statement values, and the answer it gets if written."""
+
+    key: str
+    email: str
+    lead_id: str
+    values: dict[str, Any]
+    answer: AnswerT
+
+
+def new_person(
+    db: Database,
     received: LeadProfile,
     delivery: FirstDelivery,
     answer: Callable[[str, datetime], AnswerT],
-) -> AnswerT | None:
-    """The common case of `accept_lead` — a person not known yet, in a delivery whose key
-    is new — in one statement: the lead, the key claimed with `answer(lead_id, received_at)`
-    (the response) and `lead.created`. Returns the answer, or None having written nothing when
-    the person is known or the key claimed: `accept_lead` and the idempotency claim then
-    take over. A concurrent delivery of the same key that has not committed yet cannot be
-    told apart here: the lead just written would have to be rolled back, so the delivery is
-    refused as in progress (409, retry later) and the transaction rolls back."""
+) -> NewPerson[AnswerT]:
+    """A delivery for `accept_new_people`, made in the request (the announcement carries
+    the request's trace): a new lead id, the normalised profile, the answer
+    `answer(lead_id, received_at)` and the `lead.created` outbox row."""
     lead_id, received_at = uuid.uuid4().hex, utcnow()
     email = normalise_email(str(received.email))
     profile = received.model_copy(update={"email": email})
     response = answer(lead_id, received_at)
-    _, row = uow.announcement(
+    _, row = db.announcement(
         LeadCreatedV1(lead_id=lead_id, received_at=received_at, lead=profile),
         topic=LEAD_CREATED.name,
         subject=lead_id,
     )
-    created, announced = await ScorerRepository(uow.session).insert_new_lead_first_delivery(
-        uow.tables,
-        lead_id=lead_id,
-        email=email,
-        profile=profile.model_dump_json(),
-        received_at=received_at,
+    values = {
+        "lead_id": lead_id,
+        "email": email,
+        "profile": profile.model_dump_json(),
+        "received_at": received_at,
         **first_delivery_values(delivery, response, row),
-    )
-    if created and not announced:
-        raise DeliveryInProgress(
-            "A delivery with this idempotency key is still being processed; retry later.",
-            key=delivery.key,
+    }
+    return NewPerson(delivery.key, email, lead_id, values, response)
+
+
+def conflicts(person: NewPerson[Any]) -> tuple[tuple[str, str], ...]:
+    """What two deliveries written in one statement must not share: the key, the person."""
+    return (("key", person.key), ("email", person.email))
+
+
+async def accept_new_people(
+    db: Database, people: Sequence[NewPerson[AnswerT]]
+) -> list[AnswerT | DeliveryInProgress | None]:
+    """The common case of `accept_lead` — a person not known yet, in a delivery whose key
+    is new — for several deliveries (distinct keys and people, see `conflicts`) in one
+    transaction and one statement: each one's lead, its key claimed with its answer, and
+    `lead.created`. Each gets its answer, or None having written nothing when the person is
+    known or the key claimed (`accept_lead` and the idempotency claim then take over).
+
+    A concurrent delivery of the same key that has not committed yet cannot be told apart
+    here: the lead just written is removed again and the delivery refused as in progress
+    (409, retry later)."""
+    async with db.unit_of_work() as uow:
+        repo = ScorerRepository(uow.session)
+        outcomes = await repo.insert_new_leads_first_delivery(
+            uow.tables, [person.values for person in people]
         )
-    uow.announced(announced)
-    return response if announced else None
+        raced = [p.lead_id for p in people if outcomes[p.key] == (True, False)]
+        if raced:
+            await repo.delete_leads(raced)
+        uow.announced(sum(announced for _, announced in outcomes.values()))
+    answers: list[AnswerT | DeliveryInProgress | None] = []
+    for person in people:
+        created, announced = outcomes[person.key]
+        if created and not announced:
+            answers.append(
+                DeliveryInProgress(
+                    "A delivery with this idempotency key is still being processed; retry later.",
+                    key=person.key,
+                )
+            )
+        else:
+            answers.append(person.answer if announced else None)
+    return answers
 
 
 async def _lead_for(
