@@ -125,8 +125,11 @@ async def accept_new_people(
     (409, retry later)."""
     async with db.unit_of_work() as uow:
         repo = ScorerRepository(uow.session)
+        # In email order: two groups (of two replicas) then take the unique index's locks in
+        # the same order and cannot deadlock on each other's people.
+        in_order = sorted(people, key=lambda person: person.email)
         outcomes = await repo.insert_new_leads_first_delivery(
-            uow.tables, [person.values for person in people]
+            uow.tables, [person.values for person in in_order]
         )
         raced = [p.lead_id for p in people if outcomes[p.key] == (True, False)]
         if raced:
