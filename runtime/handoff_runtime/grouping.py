@@ -76,8 +76,6 @@ class GroupCommit(Generic[ItemT, ResultT]):
         self._writer: asyncio.Task[None] | None = None
         self._writing: list[_Entry[ItemT, ResultT]] = []
         self._closed = False
-        self.groups_written = 0
-        self.items_written = 0
 
     async def submit(self, item: ItemT) -> ResultT:
         """Queue `item`, and return its result once its group has been written (or raise
@@ -147,8 +145,6 @@ class GroupCommit(Generic[ItemT, ResultT]):
                 group, RuntimeError(f"{self.name}: {len(results)} results for {len(group)} items")
             )
             return
-        self.groups_written += 1
-        self.items_written += len(group)
         self._sizes.observe(len(group))
         for entry, result in zip(group, results, strict=True):
             if entry.future.done():

@@ -131,23 +131,20 @@ async def accept_new_people(
         outcomes = await repo.insert_new_leads_first_delivery(
             uow.tables, [person.values for person in in_order]
         )
-        raced = [p.lead_id for p in people if outcomes[p.key] == (True, False)]
+        # Written, but its key was claimed meanwhile by a transaction not committed then.
+        raced = {p.key for p in people if outcomes[p.key] == (True, False)}
         if raced:
-            await repo.delete_leads(raced)
+            await repo.delete_leads([p.lead_id for p in people if p.key in raced])
         uow.announced(sum(announced for _, announced in outcomes.values()))
-    answers: list[AnswerT | DeliveryInProgress | None] = []
-    for person in people:
-        created, announced = outcomes[person.key]
-        if created and not announced:
-            answers.append(
-                DeliveryInProgress(
-                    "A delivery with this idempotency key is still being processed; retry later.",
-                    key=person.key,
-                )
-            )
-        else:
-            answers.append(person.answer if announced else None)
-    return answers
+    return [
+        DeliveryInProgress(
+            "A delivery with this idempotency key is still being processed; retry later.",
+            key=person.key,
+        )
+        if person.key in raced
+        else (person.answer if outcomes[person.key][1] else None)
+        for person in people
+    ]
 
 
 async def _lead_for(
