@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
+import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
@@ -94,7 +95,9 @@ class UnitOfWork:
 
     Staged records are held in memory and written to the outbox in one statement at the end
     of the innermost savepoint or of the transaction, so a consumed batch that announces a
-    hundred events writes its outbox rows once, in the order they were staged.
+    hundred events writes its outbox rows once, in the order they were staged. Rows of a
+    service's other append-only tables (a lead's history, the router's decisions) are staged
+    the same way (`append`), without building an ORM object for each.
     """
 
     session: AsyncSession
@@ -105,7 +108,7 @@ class UnitOfWork:
     traces: dict[str, str] = field(default_factory=dict)
     """Trace ids by subject, while a batch of consumed events is applied: an event published
     about a lead continues the trace of the consumed event about that lead."""
-    _unwritten: list[dict[str, Any]] = field(default_factory=list)
+    _unwritten: dict[sa.Table, list[dict[str, Any]]] = field(default_factory=dict)
 
     async def publish(self, data: BaseModel, *, topic: str, subject: str) -> CloudEvent[Any]:
         """Stage an event for `topic`, keyed by `subject` (the lead id), in the current trace
@@ -162,17 +165,26 @@ class UnitOfWork:
         event_id: str | None,
     ) -> None:
         """Stage a raw Kafka record (also used to dead-letter a message as it was)."""
-        self._unwritten.append(
-            {"event_id": event_id, "topic": topic, "key": key, "value": value, "headers": headers}
+        self.append(
+            self.tables.outbox,
+            {"event_id": event_id, "topic": topic, "key": key, "value": value, "headers": headers},
         )
         self.staged += 1
 
+    def append(self, table: sa.Table, row: dict[str, Any]) -> None:
+        """Stage a new row of an append-only table, written with the staged records (at the
+        end of the innermost savepoint or of the transaction, or when `write_staged` is
+        called). Every row staged for one table has the same columns. A read of the table
+        in the same transaction must call `write_staged` first to see them."""
+        self._unwritten.setdefault(table, []).append(row)
+
     async def write_staged(self) -> None:
-        """Write the records staged so far to the outbox (one statement for all of them)."""
+        """Write the rows staged so far: one statement per table, in the order staged."""
         if not self._unwritten:
             return
-        rows, self._unwritten = self._unwritten, []
-        await self.session.execute(self.tables.outbox.insert(), rows)
+        tables, self._unwritten = self._unwritten, {}
+        for table, rows in tables.items():
+            await self.session.execute(table.insert(), rows)
 
 
 class Database:

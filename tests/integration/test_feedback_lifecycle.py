@@ -37,6 +37,7 @@ from support.waiting import wait_for
 from handoff_feedback import service
 from handoff_feedback.consumers import lifecycle_consumer
 from handoff_feedback.lifecycle import TRANSITIONS, Policy, Reason, Report
+from handoff_feedback.repository import FeedbackRepository
 from handoff_feedback.service import Sighting
 from handoff_runtime.db import Database
 from handoff_schemas import (
@@ -538,6 +539,30 @@ async def test_a_consumed_batch_ends_where_its_events_one_at_a_time_end(
     assert [step[1] for step in one_at_a_time["d"][1]] == ["nurture"]
     assert one_at_a_time["e"][0][0] == "assigned"
     assert [step[1] for step in one_at_a_time["e"][1]] == ["assigned"]
+
+
+async def test_history_staged_in_a_transaction_is_read_back_in_it(feedback: Feedback) -> None:
+    """History rows are staged in the unit of work, not flushed by the ORM: a later run of a
+    batch in the same transaction (another lead.created of the lead, after a run of another
+    handler) still sees the first one's `created` step, and records an engagement."""
+    db = Database(feedback.database_url, schema="feedback", source="/handoff/feedback")
+    lead_id = new_lead_id()
+    try:
+        async with db.unit_of_work() as uow:
+            for _ in range(2):
+                await service.leads_seen(
+                    uow, [Sighting(lead_id, 1, datetime.now(UTC), engaged=True)]
+                )
+            in_transaction = await FeedbackRepository(uow).history(lead_id)
+            assert [step.to_status for step in in_transaction] == ["created", "engaged"]
+        async with db.unit_of_work() as uow:
+            committed = await FeedbackRepository(uow).history(lead_id)
+    finally:
+        await db.dispose()
+    assert [(s.from_status, s.to_status, s.actor) for s in committed] == [
+        (None, "created", "marketing"),
+        ("new", "engaged", "marketing"),
+    ]
 
 
 async def test_the_statements_of_a_consumed_batch_do_not_grow_with_it(feedback: Feedback) -> None:

@@ -193,7 +193,7 @@ async def get_history(lead_id: str, db: Db) -> LeadHistory:
     """Every status the lead has had, with who, when and why — including late and duplicate
     reports (by `disposition`) and reports waiting for the assignment."""
     async with db.unit_of_work() as uow:
-        repo = FeedbackRepository(uow.session)
+        repo = FeedbackRepository(uow)
         lead = await repo.lead(lead_id)
         if lead is None:
             raise NotFound(f"feedback has not seen lead {lead_id}")

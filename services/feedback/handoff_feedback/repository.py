@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col, select
 
+from handoff_runtime.db import UnitOfWork
+
 from .models import SCHEMA, HistoryEntry, PendingStatus, TrackedLead
+
+HISTORY: sa.Table = HistoryEntry.__table__  # type: ignore[attr-defined]
+"""The history table, whose rows are staged in the unit of work."""
 
 LEAD_STATE = ("status", "rep_id", "team_id", "updated_at", "cycle", "status_at")
 """The columns of a tracked lead that its lifecycle changes."""
@@ -30,14 +35,21 @@ UPDATE_LEADS = sa.text(
 
 
 class FeedbackRepository:
-    """Reads and writes tracked leads, their history and waiting reports in one session."""
+    """Reads and writes tracked leads, their history and waiting reports in one unit of
+    work. History is append-only: its rows are staged in the unit of work (no ORM object
+    each) and written before any read of the history in the same transaction."""
 
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
+    def __init__(self, uow: UnitOfWork) -> None:
+        self.uow = uow
+        self.session = uow.session
 
-    def add(self, row: TrackedLead | HistoryEntry | PendingStatus) -> None:
+    def add(self, row: TrackedLead | PendingStatus) -> None:
         """Stage a new row in the transaction."""
         self.session.add(row)
+
+    def add_history(self, entry: dict[str, Any]) -> None:
+        """Stage a step of a lead's history: every column of `history` but its id."""
+        self.uow.append(HISTORY, entry)
 
     async def save_changed(self, leads: Iterable[TrackedLead]) -> int:
         """Write, in one statement, those of `leads` already in the table whose state changed
@@ -74,6 +86,7 @@ class FeedbackRepository:
 
     async def history(self, lead_id: str) -> Sequence[HistoryEntry]:
         """A lead's history in the order it happened."""
+        await self.uow.write_staged()
         query = (
             select(HistoryEntry)
             .where(HistoryEntry.lead_id == lead_id)
@@ -97,6 +110,7 @@ class FeedbackRepository:
 
     async def with_history(self, lead_ids: Sequence[str], to_status: str) -> set[str]:
         """Those of `lead_ids` whose history has a step to `to_status`."""
+        await self.uow.write_staged()
         query = (
             select(HistoryEntry.lead_id)
             .where(col(HistoryEntry.lead_id).in_(set(lead_ids)))

@@ -32,7 +32,7 @@ from .lifecycle import (
     is_working,
     nurture_request,
 )
-from .models import HistoryEntry, PendingStatus, TrackedLead
+from .models import PendingStatus, TrackedLead
 from .repository import FeedbackRepository
 
 NEW, QUEUED, NURTURE = "new", "queued", "nurture"
@@ -85,7 +85,7 @@ async def leads_seen(uow: UnitOfWork, sightings: Sequence[Sighting]) -> None:
     engagement; a higher cycle means the lead re-qualified after nurture and is on its way
     to sales again. Applied in order, as one at a time would be (the leads are read and
     locked once)."""
-    repo = FeedbackRepository(uow.session)
+    repo = FeedbackRepository(uow)
     ids = [sighting.lead_id for sighting in sightings]
     leads = await repo.leads(ids, for_update=True)
     created = (
@@ -132,7 +132,7 @@ async def leads_routed(uow: UnitOfWork, events: Sequence[Routed], policy: Policy
     earlier cycle, or for a lead sales already moved past its working statuses, changes
     nothing. Queued or sent to nurture: the lead waits without a rep, which never overrides
     an assignment it already has."""
-    repo = FeedbackRepository(uow.session)
+    repo = FeedbackRepository(uow)
     leads = await repo.leads([event.lead_id for event in events], for_update=True)
     assigned = [event.lead_id for event in events if isinstance(event, LeadAssignedV1)]
     waiting_reports = await repo.pending_for(assigned) if assigned else {}
@@ -273,7 +273,7 @@ async def report_status(
         raise _invalid(exc.field, str(exc)) from None
     if report.occurred_at > utcnow() + policy.clock_skew:
         raise _invalid("occurred_at", "occurred_at is in the future")
-    repo = FeedbackRepository(uow.session)
+    repo = FeedbackRepository(uow)
     lead = await repo.lead(lead_id, for_update=True)
     if lead is None:
         raise NotFound(f"feedback has not seen lead {lead_id}")
@@ -413,20 +413,20 @@ def _history(
     delivery_id: str | None = None,
 ) -> None:
     amount = report.amount if report is not None else None
-    repo.add(
-        HistoryEntry(
-            lead_id=lead.lead_id,
-            from_status=from_status,
-            to_status=to_status,
-            reason=reason,
-            note=note,
-            actor=actor,
-            rep_id=lead.rep_id,
-            occurred_at=occurred_at,
-            recorded_at=recorded_at,
-            disposition=str(disposition),
-            cycle=lead.cycle,
-            amount=Decimal(str(amount)) if amount is not None else None,
-            delivery_id=delivery_id,
-        )
+    repo.add_history(
+        {
+            "lead_id": lead.lead_id,
+            "from_status": from_status,
+            "to_status": str(to_status),
+            "reason": reason,
+            "note": note,
+            "actor": actor,
+            "rep_id": lead.rep_id,
+            "occurred_at": occurred_at,
+            "recorded_at": recorded_at,
+            "disposition": str(disposition),
+            "cycle": lead.cycle,
+            "amount": Decimal(str(amount)) if amount is not None else None,
+            "delivery_id": delivery_id,
+        }
     )

@@ -14,6 +14,9 @@ from sqlmodel import col, select
 
 from .models import Assignment, BacklogEntry, Decision, Rep, RoutedLead, RoutingRule, Team
 
+DECISIONS: sa.Table = Decision.__table__  # type: ignore[attr-defined]
+"""The decisions table, whose rows are staged in the unit of work."""
+
 ACCOUNT_OWNERS = sa.text(
     """
     SELECT account.domain, owner.rep_id
@@ -234,7 +237,9 @@ class RouterRepository:
         return {team: (n, oldest) for team, n, oldest in (await self.session.execute(query)).all()}
 
     async def decisions(self, lead_id: str) -> Sequence[Decision]:
-        """Every routing decision about a lead, oldest first."""
+        """Every routing decision about a lead, oldest first. Decisions are staged in the
+        unit of work (`UnitOfWork.append`): a transaction that staged some writes them first
+        (`write_staged`) to read them."""
         query = (
             select(Decision)
             .where(Decision.lead_id == lead_id)

@@ -36,8 +36,8 @@ from .metrics import (
     count_on_commit,
     observe_on_commit,
 )
-from .models import Assignment, BacklogEntry, Decision, Rep, RoutedLead, RoutingRule, Team
-from .repository import RouterRepository
+from .models import Assignment, BacklogEntry, Rep, RoutedLead, RoutingRule, Team
+from .repository import DECISIONS, RouterRepository
 from .routing import (
     Coverage,
     LeadFacts,
@@ -261,7 +261,7 @@ async def _route(
         routing.routed[scored.lead_id] = _place(
             repo, scored, known, state="nurture", team_id=None, rep_id=None
         )
-        _record_decision(repo, scored, "nurture", decision, now)
+        _record_decision(uow, scored, "nurture", decision, now)
         count_on_commit(uow, LEADS_ROUTED, "", "", "nurture")
         await uow.publish(
             LeadNurtureRequestedV1(
@@ -404,7 +404,7 @@ async def _assign(
             account_domain=scored.account_domain,
         )
     )
-    _record_decision(repo, scored, "assigned", decision, now)
+    _record_decision(uow, scored, "assigned", decision, now)
     await uow.publish(
         LeadAssignedV1(
             lead_id=scored.lead_id,
@@ -445,7 +445,7 @@ async def _queue(
             reserved_rep_id=reserved_for,
         )
     )
-    _record_decision(repo, scored, "queued", decision, now)
+    _record_decision(uow, scored, "queued", decision, now)
     team = await repo.team(team_id)
     count_on_commit(uow, LEADS_ROUTED, team.name if team else "", team_id, "queued")
     await uow.publish(
@@ -463,22 +463,24 @@ async def _queue(
 
 
 def _record_decision(
-    repo: RouterRepository,
+    uow: UnitOfWork,
     scored: LeadScoredV1,
     outcome: str,
     decision: RoutingDecision,
     now: datetime,
 ) -> None:
     """Keep why the router did what it did, in which sales cycle of the lead (served by
-    GET /v1/leads/{id}/routing)."""
-    repo.add(
-        Decision(
-            lead_id=scored.lead_id,
-            outcome=outcome,
-            decided_at=now,
-            decision=decision.model_dump(mode="json"),
-            cycle=scored.cycle,
-        )
+    GET /v1/leads/{id}/routing). Decisions are only ever added: staged in the unit of work,
+    with no ORM object each."""
+    uow.append(
+        DECISIONS,
+        {
+            "lead_id": scored.lead_id,
+            "outcome": outcome,
+            "decided_at": now,
+            "decision": decision.model_dump(mode="json"),
+            "cycle": scored.cycle,
+        },
     )
 
 
@@ -916,7 +918,7 @@ async def expire_queued_lead(uow: UnitOfWork, lead_id: str, *, max_age: timedelt
         routed.state, routed.rep_id, routed.updated_at = "nurture", None, now
     hours = max_age.total_seconds() / 3600
     decision = _decision(scored, rule=f"backlog_older_than_{hours:g}h", team_id=entry.team_id)
-    _record_decision(repo, scored, "nurture", decision, now)
+    _record_decision(uow, scored, "nurture", decision, now)
     await uow.publish(
         LeadNurtureRequestedV1(
             lead_id=lead_id,
