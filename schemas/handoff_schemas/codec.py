@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_model
 
-from .catalogue import EVENTS_BY_TYPE, event_type_of
-from .envelope import CloudEvent, RawCloudEvent
+from .catalogue import EVENTS, EVENTS_BY_TYPE, EventType, event_type_of
+from .envelope import CloudEvent, Instant, RawCloudEvent
 
 
 class InvalidEvent(ValueError):
@@ -32,10 +32,46 @@ def encode(event: CloudEvent[Any]) -> bytes:
     return event.model_dump_json(exclude_none=False).encode()
 
 
+def _received(entry: EventType) -> type[CloudEvent[Any]]:
+    """The envelope of `entry`'s events as received: its type fixed, its data typed, and
+    (as `RawCloudEvent`) nothing defaulted."""
+    return create_model(
+        f"Received{entry.model.__name__}",
+        __base__=CloudEvent[entry.model],  # type: ignore[name-defined]
+        type=(Literal[entry.type], ...),  # type: ignore[arg-type]
+        id=(str, Field(min_length=1)),
+        time=(Instant, ...),
+    )
+
+
+_RECEIVED: TypeAdapter[CloudEvent[Any]] = TypeAdapter(
+    Annotated[  # type: ignore[arg-type]
+        Union[tuple(_received(entry) for entry in EVENTS)],  # noqa: UP007
+        Field(discriminator="type"),
+    ]
+)
+"""Every catalogued event as received, told apart by `type`: one pass over the JSON."""
+
+
 def decode(value: bytes | None) -> CloudEvent[Any]:
-    """Parse and validate a record value; raises InvalidEvent naming what is wrong."""
+    """Parse and validate a record value; raises InvalidEvent naming what is wrong.
+
+    A valid event is read in one pass (envelope and data together), as an instance of its
+    type's own `CloudEvent` subclass (same fields, typed data); anything that pass refuses
+    is read again step by step (envelope, type, data) to say what is wrong."""
     if value is None:
         raise InvalidEvent("record has no value")
+    try:
+        event = _RECEIVED.validate_json(value)
+    except ValidationError:
+        event = _decode_stepwise(value)
+    lead_id = getattr(event.data, "lead_id", None)
+    if lead_id is not None and lead_id != event.subject:
+        raise InvalidEvent(f"subject {event.subject!r} is not the lead id {lead_id!r}")
+    return event
+
+
+def _decode_stepwise(value: bytes) -> CloudEvent[Any]:
     try:
         raw = RawCloudEvent.model_validate_json(value)
     except ValidationError as exc:
@@ -47,9 +83,6 @@ def decode(value: bytes | None) -> CloudEvent[Any]:
         data = entry.model.model_validate(raw.data)
     except ValidationError as exc:
         raise InvalidEvent(f"invalid {raw.type} data: {_first_error(exc)}") from exc
-    lead_id = getattr(data, "lead_id", None)
-    if lead_id is not None and lead_id != raw.subject:
-        raise InvalidEvent(f"subject {raw.subject!r} is not the lead id {lead_id!r}")
     return CloudEvent[Any](**{**raw.model_dump(exclude={"data"}), "data": data})
 
 

@@ -17,6 +17,7 @@ from handoff_schemas import (
     EVENTS,
     EVENTS_BY_TYPE,
     TOPICS,
+    CloudEvent,
     InvalidEvent,
     LeadCreatedV1,
     LeadProfile,
@@ -218,8 +219,10 @@ def test_decode_round_trips_an_encoded_event() -> None:
     data = LeadCreatedV1.model_validate(_example("handoff.lead.created.v1")["data"])
     event = new_event(data, source="/handoff/scorer", subject=data.lead_id)
     decoded = decode(encode(event))
-    assert decoded == event
+    assert isinstance(decoded, CloudEvent)
+    assert decoded.model_dump() == event.model_dump()
     assert isinstance(decoded.data, LeadCreatedV1)
+    assert decoded.data == data
 
 
 def test_decode_rejects_non_json() -> None:
