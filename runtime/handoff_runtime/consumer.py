@@ -6,7 +6,9 @@ For each batch the loop opens one transaction; each record runs in a savepoint, 
 key is recorded in `processed_events` in that same savepoint (so a duplicate delivery is
 acknowledged and skipped), a failing record is retried with backoff a bounded number of
 times and then staged for the dead-letter topic through the outbox, and offsets are
-committed only after the database commit. A crash anywhere in between re-delivers records
+committed only after the database commit (while batches keep coming, at most once per commit
+interval, a second by default:
+a commit is a broker request of its own). A crash anywhere in between re-delivers records
 whose effects are either absent (rolled back) or recorded (skipped): never lost, never doubled.
 
 A handler takes one event (`Consumer.handles`) or, to apply a batch set-based, a list of them
@@ -113,6 +115,9 @@ class ConsumerSettings:
     max_attempts: int
     retry_backoff_s: float
     commit_timeout_s: float
+    commit_interval_s: float = 0.0
+    """Offsets are committed at most this often while batches keep coming (and at once
+    when the consumer falls idle, gives up partitions or stops)."""
 
 
 class ConsumerLoop:
@@ -135,6 +140,10 @@ class ConsumerLoop:
         self.joined = False
         self._measured: set[TopicPartition] = set()
         self._observed: dict[tuple[str, str], tuple[Any, Any]] = {}
+        # The next offset of each partition whose records are applied (their transaction
+        # committed) but not yet committed to the group, and when the group last took some.
+        self._applied: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._last_commit = time.monotonic()
         # After the broker lost its log, committed offsets on the new one cannot be trusted
         # (a member that had not noticed yet may have committed positions carried over from
         # the old log, past records it never read), so each partition is read from its start
@@ -163,6 +172,7 @@ class ConsumerLoop:
             self._measure_lag(batches)
             records = [r for recs in batches.values() for r in recs]
             if not records:
+                await self.commit_applied()
                 continue
             try:
                 await self.process_batch(records)
@@ -175,7 +185,11 @@ class ConsumerLoop:
                 await asyncio.sleep(self.settings.retry_backoff_s * 4)
                 continue
             crashpoints.reached("after_process")
-            await self._commit(batches)
+            self._applied.update(
+                {tp: OffsetAndMetadata(recs[-1].offset + 1, "") for tp, recs in batches.items()}
+            )
+            if time.monotonic() - self._last_commit >= self.settings.commit_interval_s:
+                await self.commit_applied()
 
     def _measure_lag(self, batches: dict[TopicPartition, list[Any]]) -> None:
         """Set the lag gauge of each partition in this fetch: records after its last one.
@@ -452,16 +466,22 @@ class ConsumerLoop:
             )
         DEAD_LETTERED.labels(self.settings.service, record.topic).inc()
 
-    async def _commit(
-        self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-    ) -> None:
-        offsets = {tp: OffsetAndMetadata(recs[-1].offset + 1, "") for tp, recs in batches.items()}
+    async def commit_applied(self, partitions: set[TopicPartition] | None = None) -> None:
+        """Commit the offsets of the records applied so far (of `partitions` only, if given).
+        A failed commit is only logged: the effects are committed and recorded, so records
+        delivered again are skipped."""
+        if partitions is None:
+            offsets, self._applied = self._applied, {}
+            self._last_commit = time.monotonic()
+        else:
+            offsets = {tp: self._applied.pop(tp) for tp in partitions if tp in self._applied}
+        if not offsets:
+            return
         try:
             await within(self.kafka.commit(offsets), self.settings.commit_timeout_s)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # Safe: the effects are committed and recorded; a re-delivery is skipped.
             log.warning("offset commit failed; records may be re-delivered", error=repr(exc))
 
 
@@ -496,8 +516,9 @@ class _JoinListener(ConsumerRebalanceListener):
         self.loop = loop
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Nothing to flush (offsets are committed after every batch); the partitions' lag
-        is another member's to report now."""
+        """Commit what was applied of the partitions before another member takes them; their
+        lag is that member's to report now."""
+        await self.loop.commit_applied(revoked)
         self.loop.forget_lag(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:

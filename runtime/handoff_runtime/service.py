@@ -136,6 +136,7 @@ class ServiceRuntime:
                     max_attempts=s.max_attempts,
                     retry_backoff_s=s.retry_backoff_ms / 1000,
                     commit_timeout_s=s.kafka_timeout_s,
+                    commit_interval_s=s.consumer_commit_interval_ms / 1000,
                 ),
                 from_beginning=from_beginning,
             )
@@ -144,12 +145,17 @@ class ServiceRuntime:
             task.add_done_callback(_log_crash)
             self._consumer_tasks.append(task)
 
-    async def _stop_consumers(self) -> None:
-        """Cancel the consumer loops and leave their groups (each broker call bounded)."""
+    async def _stop_consumers(self, *, commit: bool = True) -> None:
+        """Cancel the consumer loops; for each group, commit the offsets of what its loop
+        applied (unless the broker lost the log they are offsets in) and leave the group,
+        the two together bounded by one broker call's timeout."""
         await cancel_and_wait(self._consumer_tasks)
+        applied = {id(loop.kafka): loop for loop in self._loops} if commit else {}
         for kafka in self._kafka_consumers:
             await close_quietly(
-                kafka.stop(), timeout_s=self.settings.kafka_timeout_s, what="consumer"
+                _leave(kafka, applied.get(id(kafka))),
+                timeout_s=self.settings.kafka_timeout_s,
+                what="consumer",
             )
         for loop in self._loops:
             loop.forget_all_lag()
@@ -235,7 +241,7 @@ class ServiceRuntime:
         """Restart this process's consumers on the new log (its topics exist by now)."""
         started = time.monotonic()
         log.warning("the broker lost its log: re-joining the consumer groups")
-        await self._stop_consumers()
+        await self._stop_consumers(commit=False)
         await self._start_consumers(from_beginning=True)
         BROKER_RECOVERIES.labels(self.service).inc()
         log.warning("consumers restarted on the new log", seconds=time.monotonic() - started)
@@ -280,6 +286,13 @@ class ServiceRuntime:
         waiting = [loop.spec.group for loop in self._loops if not loop.joined]
         checks["consumers"] = "ok" if not waiting else f"joining group: {', '.join(waiting)}"
         return checks
+
+
+async def _leave(kafka: AIOKafkaConsumer, loop: ConsumerLoop | None) -> None:
+    """Commit what `loop` applied, if given, then leave the consumer group."""
+    if loop is not None:
+        await loop.commit_applied()
+    await kafka.stop()
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

@@ -87,6 +87,13 @@ class ServiceSettings(BaseSettings):
     consumer_max_records: int = Field(
         default=500, ge=1, description="Records per consumed batch (one transaction each)."
     )
+    consumer_commit_interval_ms: int = Field(
+        default=1000,
+        ge=0,
+        description="How often a busy consumer commits its offsets (also when it falls idle, "
+        "loses partitions or stops). Records after the last commit are delivered again after "
+        "a crash and skipped as already processed; 0 commits after every batch.",
+    )
     consumer_session_timeout_ms: int = Field(
         default=6000,
         ge=1000,

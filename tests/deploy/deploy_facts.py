@@ -95,7 +95,8 @@ def env_names(service: str) -> set[str]:
 
 def worst_case_stop_s(service: str, kafka_timeout_s: float) -> float:
     """The longest a service takes from SIGTERM to exit (ServiceRuntime.stop): requests in
-    flight, then each consumer group's leave, the relay's last publish and the producer's
-    stop (each bounded by the Kafka timeout), then the database pool."""
+    flight, then each consumer group's last offset commit and leave (together), the relay's
+    last publish and the producer's stop (each bounded by the Kafka timeout), then the
+    database pool."""
     bounded_broker_calls = len(consumers(service)) + 2
     return HTTP_DRAIN_S + bounded_broker_calls * kafka_timeout_s + DB_DISPOSE_ALLOWANCE_S

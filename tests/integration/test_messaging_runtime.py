@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from support.events import scored_lead
 from support.infra import Infra
 from support.kafka import produce, read_topic
@@ -65,7 +65,13 @@ class Rig:
     relay: OutboxRelay
 
     def loop(
-        self, *, group: str | None = None, max_attempts: int = 3, retry_backoff_s: float = 0.01
+        self,
+        *,
+        group: str | None = None,
+        max_attempts: int = 3,
+        retry_backoff_s: float = 0.01,
+        max_records: int = 100,
+        commit_interval_s: float = 0.0,
     ) -> ConsumerLoop:
         consumer = Consumer(group=group or self.service)
 
@@ -83,7 +89,7 @@ class Rig:
             group_id=f"{consumer.group}",
             client_id=self.service,
             fetch_max_wait_ms=50,
-            max_records=100,
+            max_records=max_records,
         )
         return ConsumerLoop(
             consumer,
@@ -91,10 +97,11 @@ class Rig:
             self.db,
             ConsumerSettings(
                 service=self.service,
-                max_records=100,
+                max_records=max_records,
                 max_attempts=max_attempts,
                 retry_backoff_s=retry_backoff_s,
                 commit_timeout_s=5,
+                commit_interval_s=commit_interval_s,
             ),
         )
 
@@ -191,10 +198,10 @@ async def test_crash_between_db_commit_and_offset_commit_loses_and_doubles_nothi
 
     crashed = rig.loop()
 
-    async def never_commit(batches: Any) -> None:
+    async def never_commit(partitions: Any = None) -> None:
         return None  # the process dies right after the DB commit, before the offset commit
 
-    crashed._commit = never_commit  # type: ignore[method-assign]
+    crashed.commit_applied = never_commit  # type: ignore[method-assign]
     await run_until(crashed, lambda: _eq(rig.effect_count(), 20))
 
     restarted = rig.loop()  # same group: nothing committed, so everything is re-delivered
@@ -203,6 +210,41 @@ async def test_crash_between_db_commit_and_offset_commit_loses_and_doubles_nothi
         restarted, lambda: _true_when(_duplicates(rig.service, rig.topic) - duplicates_before >= 20)
     )
     assert await rig.effect_count() == 20
+
+
+async def test_a_busy_consumer_commits_offsets_once_an_interval_and_when_it_falls_idle(
+    rig: Rig,
+) -> None:
+    """Batches that keep coming are committed to the group at most once per commit interval
+    (here, never while busy); what was applied is committed once the consumer falls idle."""
+    events = [lead_event() for _ in range(30)]
+    await produce(rig.infra.bootstrap, rig.topic, [(e.subject.encode(), encode(e)) for e in events])
+    loop = rig.loop(max_records=4, commit_interval_s=3600)
+    commits: list[dict[TopicPartition, int]] = []
+    batches = 0
+    commit, process_batch = loop.kafka.commit, loop.process_batch
+
+    async def counted_commit(offsets: Any = None) -> None:
+        commits.append({tp: meta.offset for tp, meta in offsets.items()})
+        await commit(offsets)
+
+    async def counted_batch(records: Any) -> None:
+        nonlocal batches
+        batches += 1
+        await process_batch(records)
+
+    loop.kafka.commit = counted_commit
+    loop.process_batch = counted_batch  # type: ignore[method-assign]
+    partitions = [TopicPartition(rig.topic, p) for p in (0, 1)]
+
+    async def all_committed() -> bool:
+        if await rig.effect_count() < 30:
+            return False
+        return sum([await loop.kafka.committed(tp) or 0 for tp in partitions]) == 30
+
+    await run_until(loop, all_committed)
+    assert batches >= 8, batches  # 30 records, at most 4 a batch
+    assert 1 <= len(commits) < batches / 2, (len(commits), batches)
 
 
 async def test_crash_before_db_commit_leaves_nothing_and_redelivery_applies_once(rig: Rig) -> None:
