@@ -183,6 +183,8 @@ class UnitOfWork:
         if not self._unwritten:
             return
         tables, self._unwritten = self._unwritten, {}
+        # What the ORM holds goes first: a staged row may refer to a row it has yet to insert.
+        await self.session.flush()
         for table, rows in tables.items():
             await self.session.execute(table.insert(), rows)
 

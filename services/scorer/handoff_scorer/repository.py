@@ -22,6 +22,9 @@ from handoff_runtime.tables import RuntimeTables
 
 from .models import IcpVersion, Lead, LeadScore, RescoreJob
 
+LEAD_SCORES: sa.Table = LeadScore.__table__  # type: ignore[attr-defined]
+"""The lead_scores table, whose rows are staged in the unit of work."""
+
 
 @functools.cache
 def new_leads_first_delivery(tables: RuntimeTables) -> sa.Select[Any]:
@@ -127,7 +130,7 @@ class ScorerRepository:
         """Remove leads written earlier in this transaction that must not stay."""
         await self.session.execute(sa.delete(Lead).where(col(Lead.id).in_(lead_ids)))
 
-    def add(self, row: Lead | LeadScore | IcpVersion | RescoreJob) -> None:
+    def add(self, row: Lead | IcpVersion | RescoreJob) -> None:
         """Stage a new row in the transaction."""
         self.session.add(row)
 
@@ -136,7 +139,9 @@ class ScorerRepository:
         await self.session.flush()
 
     async def score_history(self, lead_id: str) -> Sequence[LeadScore]:
-        """Every scoring of a lead, newest first."""
+        """Every scoring of a lead, newest first. Scores are staged in the unit of work
+        (`UnitOfWork.append`): a transaction that staged some writes them first
+        (`write_staged`) to read them."""
         query = (
             select(LeadScore)
             .where(LeadScore.lead_id == lead_id)

@@ -25,6 +25,7 @@ activity type the lead has (its decayed points of what those activities would be
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -494,10 +495,16 @@ def _missed(criterion: str, max_points: float) -> Contribution:
 
 def _find_word(keyword: str, text: str) -> str | None:
     """The words of `text` spelling `keyword` as whole words (any case, any spacing), if any."""
+    match = _word_pattern(keyword).search(text)
+    return match.group(0) if match else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _word_pattern(keyword: str) -> re.Pattern[str]:
+    """`keyword` as whole words, any case and spacing (compiled once per keyword)."""
     words = r"\s+".join(re.escape(part) for part in keyword.split())
     # Word boundaries so "intern" does not hit "International" nor "cto" hit "Director".
-    match = re.search(rf"(?<!\w){words}(?!\w)", text, flags=re.IGNORECASE)
-    return match.group(0) if match else None
+    return re.compile(rf"(?<!\w){words}(?!\w)", flags=re.IGNORECASE)
 
 
 def _lead_domain(lead: LeadProfile) -> str:

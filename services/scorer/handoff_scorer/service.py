@@ -29,8 +29,8 @@ from handoff_schemas import (
 )
 
 from .identity import account_domain, merge_profiles, normalise_email
-from .models import IcpVersion, Lead, LeadScore, RescoreJob
-from .repository import ScorerRepository
+from .models import IcpVersion, Lead, RescoreJob
+from .repository import LEAD_SCORES, ScorerRepository
 from .requalification import CLOSED_BY_SALES, should_requalify
 from .scoring import IcpDocument, score_lead
 
@@ -227,17 +227,18 @@ async def _score(
     result = score_lead(profile, icp, now=now)
     domain = account_domain(profile, icp.disqualifiers.free_mail_domains)
     grade_changed = lead.grade != result.grade.value
-    ScorerRepository(uow.session).add(
-        LeadScore(
-            lead_id=lead.id,
-            icp_version=icp_row.version,
-            score=result.score,
-            grade=result.grade.value,
-            engagement_level=result.engagement_level,
-            contributions=[c.model_dump(mode="json") for c in result.contributions],
-            disqualifiers=list(result.disqualifiers),
-            scored_at=now,
-        )
+    uow.append(
+        LEAD_SCORES,
+        {
+            "lead_id": lead.id,
+            "icp_version": icp_row.version,
+            "score": result.score,
+            "grade": result.grade.value,
+            "engagement_level": result.engagement_level,
+            "contributions": [c.model_dump(mode="json") for c in result.contributions],
+            "disqualifiers": list(result.disqualifiers),
+            "scored_at": now,
+        },
     )
     lead.status = "scored"
     lead.score = result.score
