@@ -7,9 +7,9 @@ key is recorded in `processed_events` in that same savepoint (so a duplicate del
 acknowledged and skipped), a failing record is retried with backoff a bounded number of
 times and then staged for the dead-letter topic through the outbox, and offsets are
 committed only after the database commit (while batches keep coming, at most once per commit
-interval, a second by default:
-a commit is a broker request of its own). A crash anywhere in between re-delivers records
-whose effects are either absent (rolled back) or recorded (skipped): never lost, never doubled.
+interval, a second by default, since each commit is a broker request of its own). A crash
+anywhere in between re-delivers records whose effects are either absent (rolled back) or
+recorded (skipped): never lost, never doubled.
 
 A handler takes one event (`Consumer.handles`) or, to apply a batch set-based, a list of them
 (`Consumer.handles_batch`, for one payload type or several): consecutive events that go to the

@@ -147,15 +147,18 @@ class OutboxRelay:
         """Send rows, await the acks, and return the ids safe to mark: for each key, only
         the rows before its first failure, so a retry cannot reorder a lead's events."""
         futures: list[asyncio.Future[Any]] = []
-        for row in rows:
-            headers = [(k, str(v).encode()) for k, v in (row.headers or {}).items()]
-            send = self.producer.send(
-                row.topic,
-                value=row.value,
-                key=row.key.encode() if row.key is not None else None,
-                headers=headers,
-            )
-            futures.append(await within(send, self.send_timeout_s))
+        # One bound for handing the whole batch to the producer (each send returns at once
+        # unless its buffer is full), not a timer per row.
+        async with asyncio.timeout(self.send_timeout_s):
+            for row in rows:
+                headers = [(k, str(v).encode()) for k, v in (row.headers or {}).items()]
+                future = await self.producer.send(
+                    row.topic,
+                    value=row.value,
+                    key=row.key.encode() if row.key is not None else None,
+                    headers=headers,
+                )
+                futures.append(future)
         results = await within(
             asyncio.gather(*futures, return_exceptions=True), self.send_timeout_s
         )
