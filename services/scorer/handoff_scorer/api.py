@@ -150,11 +150,11 @@ async def create_lead(delivery: Signed, db: Db) -> JSONResponse:
     profile = parse_body(LeadProfile, delivery.body)
 
     async def accept(uow: UnitOfWork) -> LeadAccepted:
-        lead, is_new = await service.accept_lead(uow, profile)
+        accepted = await service.accept_lead(uow, profile)
         return LeadAccepted(
-            lead_id=lead.id,
-            status="accepted" if is_new else "updated",
-            received_at=lead.received_at,
+            lead_id=accepted.lead_id,
+            status="accepted" if accepted.is_new else "updated",
+            received_at=accepted.received_at,
         )
 
     async def accept_new(first: FirstDelivery) -> LeadAccepted | None:
@@ -207,10 +207,10 @@ async def create_leads(delivery: Signed, db: Db) -> JSONResponse:
             results.append(BatchItem(index=index, status="rejected", errors=errors))
 
     async def accept(uow: UnitOfWork) -> BatchAccepted:
-        for index, profile in valid:
-            lead, is_new = await service.accept_lead(uow, profile)
-            status_ = "accepted" if is_new else "updated"
-            results.append(BatchItem(index=index, status=status_, lead_id=lead.id))
+        accepted = await service.accept_leads(uow, [profile for _, profile in valid])
+        for (index, _), lead in zip(valid, accepted, strict=True):
+            status_ = "accepted" if lead.is_new else "updated"
+            results.append(BatchItem(index=index, status=status_, lead_id=lead.lead_id))
         results.sort(key=lambda r: r.index)
         return BatchAccepted(
             accepted=sum(r.status == "accepted" for r in results),

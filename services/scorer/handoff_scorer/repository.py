@@ -20,10 +20,19 @@ from handoff_runtime.intake import (
 )
 from handoff_runtime.tables import RuntimeTables
 
-from .models import IcpVersion, Lead, LeadScore, RescoreJob
+from .models import SCHEMA, IcpVersion, Lead, LeadScore, RescoreJob
 
 LEAD_SCORES: sa.Table = LeadScore.__table__  # type: ignore[attr-defined]
 """The lead_scores table, whose rows are staged in the unit of work."""
+
+# One statement text for any number of leads (arrays, not a VALUES list per size).
+INSERT_NEW_LEADS = sa.text(
+    f"INSERT INTO {SCHEMA}.leads AS lead (id, email, profile, received_at, status, cycle)"
+    " SELECT id, email, CAST(profile AS jsonb), received_at, 'received', 1 FROM unnest("
+    " CAST(:id AS text[]), CAST(:email AS text[]), CAST(:profile AS text[]),"
+    " CAST(:received_at AS timestamptz[])) AS new(id, email, profile, received_at)"
+    " ON CONFLICT (email) DO NOTHING RETURNING lead.email"
+)
 
 
 @functools.cache
@@ -81,15 +90,25 @@ class ScorerRepository:
         self, lead_ids: Sequence[str], *, for_update: bool = False
     ) -> dict[str, Lead]:
         """The leads with these ids (those that exist), by id; locked in id order if asked."""
+        leads = await self._leads(col(Lead.id), lead_ids, for_update=for_update)
+        return {lead.id: lead for lead in leads}
+
+    async def _leads(
+        self, column: Any, values: Sequence[str], *, for_update: bool
+    ) -> Sequence[Lead]:
+        """The leads whose `column` is one of `values`, in its order (and locked in it, if
+        asked: concurrent transactions then lock in the same order)."""
+        if not values:
+            return []
         query = (
             select(Lead)
-            .where(col(Lead.id).in_(sorted(set(lead_ids))))
-            .order_by(col(Lead.id))
+            .where(column.in_(sorted(set(values))))
+            .order_by(column)
             .execution_options(populate_existing=True)
         )
         if for_update:
             query = query.with_for_update()
-        return {lead.id: lead for lead in (await self.session.execute(query)).scalars()}
+        return (await self.session.execute(query)).scalars().all()
 
     async def get_lead_by_email(self, email: str, *, for_update: bool = False) -> Lead | None:
         """The lead of the person with this (normalised) email."""
@@ -97,6 +116,26 @@ class ScorerRepository:
         if for_update:
             query = query.with_for_update()
         return (await self.session.execute(query)).scalars().first()
+
+    async def get_leads_by_email(
+        self, emails: Sequence[str], *, for_update: bool = False
+    ) -> dict[str, Lead]:
+        """The leads of the people with these (normalised) emails, by email; locked in email
+        order if asked."""
+        leads = await self._leads(col(Lead.email), emails, for_update=for_update)
+        return {lead.email: lead for lead in leads}
+
+    async def insert_leads_if_new(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+        """Insert, in the order given, the leads whose email no lead has yet (one dict each of
+        `id`, `email`, `profile` as JSON text and `received_at`); the emails inserted."""
+        inserted = await self.session.execute(
+            INSERT_NEW_LEADS,
+            {
+                name: [row[name] for row in rows]
+                for name in ("id", "email", "profile", "received_at")
+            },
+        )
+        return set(inserted.scalars())
 
     async def insert_lead_if_new(
         self, *, lead_id: str, email: str, profile: dict[str, Any], received_at: datetime

@@ -49,21 +49,75 @@ Announce = Literal["always", "grade_changed", "never"]
 """When a scoring is announced with `lead.scored`."""
 
 
-async def accept_lead(uow: UnitOfWork, received: LeadProfile) -> tuple[Lead, bool]:
+@dataclass(frozen=True)
+class Accepted:
+    """A lead the intake stored: its id and normalised email, whether it is new (else merged
+    into the lead already known for the email), and when the lead was first received."""
+
+    lead_id: str
+    email: str
+    is_new: bool
+    received_at: datetime
+
+
+async def accept_lead(uow: UnitOfWork, received: LeadProfile) -> Accepted:
     """Store a lead as received — a new person, or merged into the lead already known for
-    that email — and announce it with `lead.created` in the same transaction.
-    Returns the lead and whether it is new."""
-    lead, is_new = await _lead_for(uow, uuid.uuid4().hex, received, received_at=utcnow())
-    await uow.publish(
-        LeadCreatedV1(
-            lead_id=lead.id,
-            received_at=lead.received_at,
-            lead=LeadProfile.model_validate(lead.profile),
-        ),
-        topic=LEAD_CREATED.name,
-        subject=lead.id,
+    that email — and announce it with `lead.created` in the same transaction."""
+    [accepted] = await accept_leads(uow, [received])
+    return accepted
+
+
+async def accept_leads(uow: UnitOfWork, received: Sequence[LeadProfile]) -> list[Accepted]:
+    """Store leads as received and announce each with `lead.created`, in order, as one at a
+    time would: a new person is stored, one known (before the batch or earlier in it) is
+    merged into. The new people are inserted in one statement and the leads merged into are
+    read and locked in another, both in email order (so concurrent batches take the person
+    index's locks in the same order)."""
+    repo = ScorerRepository(uow.session)
+    now = utcnow()
+    profiles = [r.model_copy(update={"email": normalise_email(str(r.email))}) for r in received]
+    first: dict[str, int] = {}
+    for index, profile in enumerate(profiles):
+        first.setdefault(str(profile.email), index)
+    fresh = {email: uuid.uuid4().hex for email in first}
+    inserted = await repo.insert_leads_if_new(
+        [
+            {
+                "id": fresh[email],
+                "email": email,
+                "profile": profiles[index].model_dump_json(),
+                "received_at": now,
+            }
+            for email, index in sorted(first.items())
+        ]
     )
-    return lead, is_new
+    merged_into = {
+        str(profile.email)
+        for index, profile in enumerate(profiles)
+        if str(profile.email) not in inserted or first[str(profile.email)] != index
+    }
+    known = await repo.get_leads_by_email(sorted(merged_into), for_update=True)
+    accepted: list[Accepted] = []
+    for index, profile in enumerate(profiles):
+        email = str(profile.email)
+        if email in inserted and first[email] == index:
+            stored = profile.model_dump(mode="json")
+            accepted.append(Accepted(fresh[email], email, True, now))
+        else:
+            lead = known[email]
+            merged = merge_profiles(LeadProfile.model_validate(lead.profile), profile)
+            lead.profile = stored = merged.model_dump(mode="json")
+            accepted.append(Accepted(lead.id, email, False, lead.received_at))
+        await uow.publish(
+            LeadCreatedV1(
+                lead_id=accepted[-1].lead_id,
+                received_at=accepted[-1].received_at,
+                lead=LeadProfile.model_validate(stored),
+            ),
+            topic=LEAD_CREATED.name,
+            subject=accepted[-1].lead_id,
+        )
+    return accepted
 
 
 @dataclass(frozen=True)
