@@ -96,8 +96,10 @@ class UnitOfWork:
     Staged records are held in memory and written to the outbox in one statement at the end
     of the innermost savepoint or of the transaction, so a consumed batch that announces a
     hundred events writes its outbox rows once, in the order they were staged. Rows of a
-    service's other append-only tables (a lead's history, the router's decisions) are staged
-    the same way (`append`), without building an ORM object for each.
+    service's other append-only tables (feedback's history, the router's decisions, the
+    scorer's scorings) are staged the same way (`append`), without an ORM object each; a
+    read of such a table in the transaction that staged them writes them first (feedback's
+    history reads do; the router's and scorer's are only read by requests of their own).
     """
 
     session: AsyncSession
