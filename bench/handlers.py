@@ -35,8 +35,7 @@ from aiokafka.structs import ConsumerRecord
 from loadgen import lead
 from run import OUT
 
-from handoff_feedback.consumers import lifecycle_consumer
-from handoff_feedback.kpis import kpi_projection
+from handoff_feedback.consumers import feedback_consumer
 from handoff_feedback.settings import FeedbackSettings
 from handoff_router import service as router_service
 from handoff_router.consumers import routing_consumer
@@ -124,9 +123,7 @@ async def measure(
 ) -> dict[str, dict[int, list[Batch]]]:
     scorer = Service(url, "scorer", [scorer_consumer])
     router = Service(url, "router", [routing_consumer(RouterSettings())])
-    feedback = Service(
-        url, "feedback", [lifecycle_consumer(FeedbackSettings().policy()), kpi_projection]
-    )
+    feedback = Service(url, "feedback", [feedback_consumer(FeedbackSettings().policy())])
     async with scorer.db.unit_of_work() as uow:
         await scorer_service.publish_icp(uow, load_demo_icp(), now=scorer_service.utcnow())
     async with router.db.unit_of_work() as uow:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 from pydantic import AliasChoices
 
-from handoff_feedback.consumers import lifecycle_consumer
-from handoff_feedback.kpis import kpi_projection
+from handoff_feedback.consumers import feedback_consumer
 from handoff_feedback.settings import FeedbackSettings
 from handoff_router.consumers import routing_consumer
 from handoff_router.settings import RouterSettings
@@ -48,7 +47,7 @@ def consumers(service: str) -> list[Consumer]:
     if service == "router":
         return [routing_consumer(RouterSettings())]
     if service == "feedback":
-        return [lifecycle_consumer(FeedbackSettings().policy()), kpi_projection]
+        return [feedback_consumer(FeedbackSettings().policy())]
     raise KeyError(service)
 
 

@@ -187,8 +187,11 @@ def test_configmap_comment_states_the_arithmetic_the_test_checks() -> None:
     for service in SERVICES:
         timeout = float(configmap(resources)[f"{env_prefix(service).upper()}KAFKA_TIMEOUT_S"])
         assert timeout == 5.0, "the comment's arithmetic assumes T = 5 s"
-    assert f"{5 + worst_case_stop_s('feedback', 5):.0f} s < 60 s grace" in text
-    assert f"{5 + worst_case_stop_s('scorer', 5):.0f} s" in text
+    worst = {5 + worst_case_stop_s(service, 5) for service in SERVICES}
+    assert len(worst) == 1, "the comment states one worst case for every service"
+    assert (
+        f"each service: 5 (preStop) + 20 + 5 + 5 + 5 + 5 = {worst.pop():.0f} s < 60 s grace" in text
+    )
 
 
 # --- configuration and secrets -----------------------------------------------------------------

@@ -47,7 +47,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600 if soak() else 4
 
 LEADS = 600 if soak() else 90
 ROUNDS = 3 if soak() else 1
-GROUPS = ("handoff-scorer", "handoff-router", "handoff-feedback", "handoff-feedback-kpis")
+GROUPS = ("handoff-scorer", "handoff-router", "handoff-feedback")
 SUMMARY: list[str] = []
 
 

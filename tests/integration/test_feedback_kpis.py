@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import random
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -46,8 +48,11 @@ from support.kafka import produce
 from support.processes import running_instances
 
 from handoff_feedback.kpi_models import Stage
-from handoff_feedback.kpis import kpi_projection
-from handoff_runtime.db import Database
+from handoff_feedback.kpis import project
+from handoff_feedback.rebuild import rebuild_kpis
+from handoff_feedback.settings import FeedbackSettings
+from handoff_runtime.aio import within
+from handoff_runtime.db import Database, create_engine
 from handoff_schemas import (
     WORKING_STATUSES,
     CloudEvent,
@@ -658,7 +663,7 @@ async def _merge_in_every_grouping(db: Database) -> tuple[list[tuple[Any, ...]],
             shuffler.shuffle(events)
         async with db.unit_of_work() as uow:
             for group in grouped(events, n % 3):
-                await kpi_projection.batch_handlers[group[0].type](uow, group)
+                await project(uow, group)
     async with db.engine.connect() as conn:
         rows = (
             await conn.execute(
@@ -699,3 +704,98 @@ async def test_any_delivery_order_of_a_leads_events_ends_in_the_same_read_model_
     assert row["touched_at"] == T0 + timedelta(seconds=5000)
     assert row["sla_breached_at"] == T0 + timedelta(seconds=3660)
     assert (row["status"], row["reason"], row["outcome_rep"]) == ("lost", "competitor", ANNA)
+
+
+async def _read_model(database_url: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Every row of the KPI read model, in key order."""
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            leads = (
+                await conn.execute(sa.text("SELECT * FROM feedback.kpi_leads ORDER BY lead_id"))
+            ).all()
+            outcomes = (
+                await conn.execute(sa.text("SELECT * FROM feedback.kpi_outcomes ORDER BY event_id"))
+            ).all()
+    finally:
+        await engine.dispose()
+    return [tuple(row) for row in leads], [tuple(row) for row in outcomes]
+
+
+async def test_a_rebuild_from_the_topics_ends_in_the_read_model_the_consumer_built(
+    stack: Stack,
+) -> None:
+    """`rebuild-kpis` empties a damaged read model and replays the topics into it, ending in
+    the rows the running consumer built; a lead whose events are produced as the rebuild
+    starts (the consumer applies them while it runs, or after) ends complete too."""
+    if not stack.seeded:  # run on its own
+        await seed(stack, early_records() + later_records())
+    async with httpx.AsyncClient(base_url=stack.feedback, timeout=10) as http:
+        await settled(
+            http,
+            "/v1/kpis/funnel",
+            {"group_by": "campaign", **NOVEMBER_2},
+            lambda g: g == FUNNEL_BY_CAMPAIGN,
+        )
+    built = await _read_model(stack.database_url)
+    assert len(built[0]) == 12
+    assert len(built[1]) >= 6
+    engine = create_engine(stack.database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "DELETE FROM feedback.kpi_leads WHERE lead_id IN "
+                    "(SELECT lead_id FROM feedback.kpi_leads ORDER BY lead_id LIMIT 5)"
+                )
+            )
+            await conn.execute(sa.text("UPDATE feedback.kpi_leads SET campaign = 'damaged'"))
+            await conn.execute(sa.text("DELETE FROM feedback.kpi_outcomes WHERE status = 'won'"))
+    finally:
+        await engine.dispose()
+    assert await _read_model(stack.database_url) != built
+
+    settings = FeedbackSettings(
+        database_url=stack.database_url, kafka_bootstrap_servers=stack.bootstrap
+    )
+    rebuilt = await rebuild_kpis(settings, chunk=7)  # several chunks
+    assert await _read_model(stack.database_url) == built
+    assert (rebuilt.leads, rebuilt.outcomes) == (len(built[0]), len(built[1]))
+    assert rebuilt.unreadable == 0
+    assert 0 < rebuilt.merged <= rebuilt.records
+
+    late = Lead("late-1", T0 + timedelta(hours=5), WEBINAR, "website")
+    late_records = [late.created_event(), late.scored("B"), late.assigned(CARA, INBOUND)]
+    producing = asyncio.create_task(produce_in_order(stack.bootstrap, late_records))
+    # This time as operators run it: the service's command, in a process of its own.
+    command = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "handoff_feedback",
+        "rebuild-kpis",
+        env={
+            **os.environ,
+            "DATABASE_URL": stack.database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await within(command.communicate(), 120)
+    await producing
+    assert command.returncode == 0, err.decode()
+    lines = [json.loads(line) for line in (out + err).decode().splitlines() if line.startswith("{")]
+    done = [line for line in lines if line.get("event") == "KPI read model rebuilt"]
+    assert len(done) == 1, lines
+    assert done[0]["leads"] >= len(built[0])
+    async with httpx.AsyncClient(base_url=stack.feedback, timeout=10) as http:
+        teams = await settled(
+            http,
+            "/v1/kpis/funnel",
+            {"group_by": "rep", **NOVEMBER_2},
+            lambda g: by_group(g, "assigned").get(CARA) == 4,
+        )
+    assert by_group(teams, "leads")[CARA] == 4
+    leads, outcomes = await _read_model(stack.database_url)
+    assert outcomes == built[1]
+    assert [row for row in leads if row[0] != late.id] == built[0]

@@ -13,7 +13,6 @@ broker, fed routing events on Kafka and status reports over signed HTTP.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
 import uuid
@@ -35,7 +34,7 @@ from support.processes import running_instances
 from support.waiting import wait_for
 
 from handoff_feedback import service
-from handoff_feedback.consumers import lifecycle_consumer
+from handoff_feedback.consumers import feedback_consumer
 from handoff_feedback.lifecycle import TRANSITIONS, Policy, Reason, Report
 from handoff_feedback.repository import FeedbackRepository
 from handoff_feedback.service import Sighting
@@ -495,14 +494,14 @@ async def _lifecycle_state(db: Database, roles: dict[str, str]) -> dict[str, Any
 async def test_a_consumed_batch_ends_where_its_events_one_at_a_time_end(
     feedback: Feedback,
 ) -> None:
-    """The lifecycle's set-based handlers, given the batch's runs of events for one handler
-    (as the consumer loop hands them over), leave the leads, their histories and
+    """Feedback's set-based handler, given the whole batch (as the consumer loop hands it
+    over: one handler takes every type), leaves the leads, their histories and
     announcements as applying each event alone does."""
-    consumer = lifecycle_consumer(Policy())
+    consumer = feedback_consumer(Policy())
     db = Database(feedback.database_url, schema="feedback", source="/handoff/feedback")
     states = []
     try:
-        for grouping in ("one at a time", "in runs"):
+        for grouping in ("one at a time", "as one batch"):
             a, b, c, d, e = (new_lead_id() for _ in range(5))
             async with db.unit_of_work() as uow:
                 await service.leads_seen(uow, [Sighting(b, 1, datetime.now(UTC), engaged=True)])
@@ -516,19 +515,16 @@ async def test_a_consumed_batch_ends_where_its_events_one_at_a_time_end(
             if grouping == "one at a time":
                 runs = [[event] for event in events]
             else:
-                by_handler = itertools.groupby(
-                    events, key=lambda e: consumer.batch_handlers[e.type]
-                )
-                runs = [list(run) for _, run in by_handler]
-                assert len(runs) == 2
+                assert len({consumer.batch_handlers[e.type] for e in events}) == 1
+                runs = [events]
             for run in runs:
                 async with db.unit_of_work() as uow:
                     await consumer.batch_handlers[run[0].type](uow, run)
             states.append(await _lifecycle_state(db, {a: "a", b: "b", c: "c", d: "d", e: "e"}))
     finally:
         await db.dispose()
-    one_at_a_time, in_runs = states
-    assert in_runs == one_at_a_time
+    one_at_a_time, as_one_batch = states
+    assert as_one_batch == one_at_a_time
     lead_a, lead_b = one_at_a_time["a"], one_at_a_time["b"]
     assert lead_a[0][:3] == ("assigned", 1, "rep_2")
     assert [step[1] for step in lead_a[1]] == ["created", "engaged", "assigned", "assigned"]
@@ -570,7 +566,7 @@ async def test_the_statements_of_a_consumed_batch_do_not_grow_with_it(feedback: 
     same statements as a batch of 4: the leads are read and locked once, and those whose
     state changed are written back in one statement (the ORM would send an UPDATE per
     lead)."""
-    consumer = lifecycle_consumer(Policy())
+    consumer = feedback_consumer(Policy())
     db = Database(feedback.database_url, schema="feedback", source="/handoff/feedback")
 
     def routed(lead_id: str, n: int) -> Any:

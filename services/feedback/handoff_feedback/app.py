@@ -7,9 +7,8 @@ from fastapi import FastAPI
 from handoff_runtime.service import create_service_app
 
 from .api import router
-from .consumers import lifecycle_consumer
+from .consumers import feedback_consumer
 from .kpi_api import kpi_router
-from .kpis import kpi_projection
 from .settings import FeedbackSettings
 
 
@@ -21,5 +20,5 @@ def create_app(settings: FeedbackSettings | None = None) -> FastAPI:
         title="Handoff feedback",
         description="Status changes from the CRM, recycling to nurture, and each lead's history.",
         routers=[router, kpi_router],
-        consumers=[lifecycle_consumer(settings.policy()), kpi_projection],
+        consumers=[feedback_consumer(settings.policy())],
     )

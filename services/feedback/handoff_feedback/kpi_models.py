@@ -2,8 +2,8 @@
 speed-to-lead and attribution figures are computed from, and one row per outcome that ended
 a sales cycle (won with its amount; lost, disqualified or recycled with its reason).
 
-Both tables are written only by the `feedback-kpis` consumer group from events, never from
-another service's tables, so they can be emptied and rebuilt by replaying the topics."""
+Both tables are written only from events (by feedback's consumer group, or by `rebuild`
+replaying the topics), never from another service's tables."""
 
 from __future__ import annotations
 

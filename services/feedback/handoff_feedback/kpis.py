@@ -13,10 +13,12 @@ The funnel, in order:
   from qualified, disqualified and recycled only from a working status.
 - **first touch**: the first report of contacted, or of a later stage reported without it.
 
-The projection is a separate consumer group (`feedback-kpis`) over the lead topics, so it
-can be replayed from offset 0 into an empty read model. Events of one lead arrive in order
-per topic but in any order across topics; every fact merges order-insensitively
-(`kpi_queries.KpiRepository.merge`), so any interleaving ends in the same figures.
+Feedback's consumer applies each batch to the read model in the transaction that applies it
+to the lifecycle (`consumers.feedback_consumer`); `rebuild` replays the topics into an empty
+read model. Events of one lead arrive in order per topic but in any order across topics;
+every fact merges order-insensitively (`kpi_queries.KpiRepository.merge`), so any
+interleaving ends in the same figures, and merging a fact again changes nothing, so a
+rebuild may overlap with the consumer.
 """
 
 from __future__ import annotations
@@ -28,13 +30,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from handoff_runtime.consumer import Consumer
 from handoff_runtime.db import UnitOfWork
 from handoff_schemas import (
-    LEAD_CREATED,
-    LEAD_ROUTING,
-    LEAD_SCORED,
-    LEAD_STATUS,
     CloudEvent,
     LeadAssignedV1,
     LeadCreatedV1,
@@ -199,12 +196,6 @@ def outcome_of(event_id: str, event: LeadStatusChangedV1) -> KpiOutcome | None:
     )
 
 
-kpi_projection = Consumer(group="feedback-kpis")
-"""The KPI read model's own consumer group: rebuilt by replaying it, apart from the lifecycle.
-Nurture requests are not handled: a router nurture is not an MQL, and a nurture from sales
-follows a recycled status, which is counted from lead.status."""
-
-
 FACTS: dict[type[Any], Any] = {
     LeadCreatedV1: created_facts,
     LeadScoredV1: scored_facts,
@@ -213,22 +204,18 @@ FACTS: dict[type[Any], Any] = {
     LeadSlaBreachedV1: breach_facts,
     LeadStatusChangedV1: status_facts,
 }
-"""What each event the projection follows says about its lead."""
+"""What each event the projection follows says about its lead. Nurture requests are not
+followed: a router nurture is not an MQL, and a nurture from sales follows a recycled status,
+which is counted from lead.status."""
 
 
-@kpi_projection.handles_batch(*FACTS)
 async def project(uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
-    """Merge the facts of the consecutive events of a consumed batch, whatever their types,
-    in one statement (merging is order-insensitive), and keep each outcome sales reported:
-    leads counted and attributed to their first campaign and source (lead.created), their
+    """Merge the facts of a batch's events (each of a type in `FACTS`), whatever their types
+    and order, in one statement (merging is order-insensitive), and keep each outcome sales
+    reported: leads counted and attributed to their first campaign and source (lead.created), their
     latest fit grade (lead.scored), reaching sales and a rep or waiting for one
     (lead.assigned, lead.queued), missed first-touch SLAs, and sales' moves (lead.status)."""
     repo = KpiRepository(uow.session)
     await repo.merge([FACTS[type(e.data)](e.data) for e in events])
     outcomes = [outcome_of(e.id, e.data) for e in events if isinstance(e.data, LeadStatusChangedV1)]
     await repo.record_outcomes([o for o in outcomes if o is not None])
-
-
-kpi_projection.subscribe_to(
-    LEAD_CREATED.name, LEAD_SCORED.name, LEAD_ROUTING.name, LEAD_STATUS.name
-)

@@ -1,6 +1,7 @@
 """The in-memory fold of a lead's KPI facts, which lets a batch merge each lead once: it must
 be associative (folding a batch first and merging the result into the stored row ends where
-merging the facts one by one does) and leave a row alone when the facts say nothing."""
+merging the facts one by one does), idempotent (a rebuild and the consumer may both merge an
+event), and leave a row alone when the facts say nothing."""
 
 from __future__ import annotations
 
@@ -46,6 +47,17 @@ facts = st.builds(
 def test_folding_is_associative(a: LeadFacts, b: LeadFacts, c: LeadFacts) -> None:
     ra, rb, rc = fact_row(a), fact_row(b), fact_row(c)
     assert fold(fold(ra, rb), rc) == fold(ra, fold(rb, rc))
+
+
+@given(facts, facts)
+def test_merging_facts_again_changes_nothing(a: LeadFacts, b: LeadFacts) -> None:
+    """What lets a rebuild overlap with the consumer: an event merged twice (once by each)
+    leaves the row as merging it once does."""
+    ra, rb = fact_row(a), fact_row(b)
+    merged = fold(ra, rb)
+    assert fold(merged, ra) == merged
+    assert fold(merged, rb) == merged
+    assert fold(ra, ra) == ra
 
 
 @given(facts)
