@@ -98,8 +98,8 @@ class UnitOfWork:
     hundred events writes its outbox rows once, in the order they were staged. Rows of a
     service's other append-only tables (feedback's history, the router's decisions, the
     scorer's scorings) are staged the same way (`append`), without an ORM object each; a
-    read of such a table in the transaction that staged them writes them first (feedback's
-    history reads do; the router's and scorer's are only read by requests of their own).
+    read of such a table in the transaction that staged them writes them first
+    (`write_staged`, or `written_staged` for a repository that holds only the session).
     """
 
     session: AsyncSession
@@ -111,6 +111,9 @@ class UnitOfWork:
     """Trace ids by subject, while a batch of consumed events is applied: an event published
     about a lead continues the trace of the consumed event about that lead."""
     _unwritten: dict[sa.Table, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.session.info[_UNIT_OF_WORK] = self
 
     async def publish(self, data: BaseModel, *, topic: str, subject: str) -> CloudEvent[Any]:
         """Stage an event for `topic`, keyed by `subject` (the lead id), in the current trace
@@ -189,6 +192,17 @@ class UnitOfWork:
         await self.session.flush()
         for table, rows in tables.items():
             await self.session.execute(table.insert(), rows)
+
+
+_UNIT_OF_WORK = "handoff.unit_of_work"
+
+
+async def written_staged(session: AsyncSession) -> None:
+    """Write the rows staged in the unit of work `session` belongs to, if any: what a read
+    of an append-only table calls first when it holds only the session."""
+    uow = session.info.get(_UNIT_OF_WORK)
+    if isinstance(uow, UnitOfWork):
+        await uow.write_staged()
 
 
 class Database:

@@ -15,6 +15,7 @@ from support.events import scored_lead
 from support.infra import Infra, service_database, statements
 
 from handoff_router import service
+from handoff_router.repository import RouterRepository
 from handoff_runtime.db import Database
 from handoff_schemas import FitGrade, LeadScoredV1
 
@@ -94,6 +95,8 @@ async def test_a_batch_of_account_leads_is_routed_as_one_at_a_time(
     try:
         async with batched.unit_of_work() as uow:
             batch_outcomes = await route(uow, leads, policy)
+            # Decisions are staged, not flushed: a read in the transaction still sees them.
+            in_transaction = await RouterRepository(uow.session).decisions("lead-05")
         alone_outcomes = []
         for lead in leads:
             async with alone.unit_of_work() as uow:
@@ -101,6 +104,10 @@ async def test_a_batch_of_account_leads_is_routed_as_one_at_a_time(
         assert batch_outcomes == alone_outcomes
         state = await routing_state(batched)
         assert state == await routing_state(alone)
+        assert [(d.outcome, d.decision["rule"]) for d in in_transaction] == [
+            (outcome, rule) for lead_id, outcome, rule, *_ in state if lead_id == "lead-05"
+        ]
+        assert len(in_transaction) == 1
     finally:
         await batched.dispose()
         await alone.dispose()

@@ -16,6 +16,7 @@ from support.infra import Infra, service_database
 from handoff_runtime.db import Database
 from handoff_schemas import LEAD_SCORED, Activity, LeadCreatedV1, LeadProfile, decode
 from handoff_scorer import service
+from handoff_scorer.repository import ScorerRepository
 from handoff_scorer.scoring import load_demo_icp
 
 pytestmark = pytest.mark.integration
@@ -102,9 +103,16 @@ async def test_a_batch_ends_where_its_events_one_at_a_time_end(
             await service.score_created_leads(uow, [event])
     async with batched.unit_of_work() as uow:
         scored = await service.score_created_leads(uow, batch)
+        # Scorings are staged, not flushed: a read in the transaction still sees them.
+        ada_in_transaction = await ScorerRepository(uow.session).score_history("ada-1")
 
     expected, got = await state(one_at_a_time), await state(batched)
     assert got == expected
+    ada_scores = [(s.score, s.grade) for s in reversed(ada_in_transaction)]
+    assert ada_scores == [
+        (score, grade) for lead_id, score, grade in got["scores"] if lead_id == "ada-1"
+    ]
+    assert len(ada_scores) == 2
     assert [s.lead_id if s else None for s in scored] == [
         "ada-1",
         "ada-1",

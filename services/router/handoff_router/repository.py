@@ -12,6 +12,8 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
+from handoff_runtime.db import written_staged
+
 from .models import Assignment, BacklogEntry, Decision, Rep, RoutedLead, RoutingRule, Team
 
 DECISIONS: sa.Table = Decision.__table__  # type: ignore[attr-defined]
@@ -237,9 +239,9 @@ class RouterRepository:
         return {team: (n, oldest) for team, n, oldest in (await self.session.execute(query)).all()}
 
     async def decisions(self, lead_id: str) -> Sequence[Decision]:
-        """Every routing decision about a lead, oldest first. Decisions are staged in the
-        unit of work (`UnitOfWork.append`): a transaction that staged some writes them first
-        (`write_staged`) to read them."""
+        """Every routing decision about a lead, oldest first, including those this
+        transaction staged (`UnitOfWork.append`), which are written first."""
+        await written_staged(self.session)
         query = (
             select(Decision)
             .where(Decision.lead_id == lead_id)

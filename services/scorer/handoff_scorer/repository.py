@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
+from handoff_runtime.db import written_staged
 from handoff_runtime.intake import (
     as_arrays,
     first_deliveries,
@@ -178,9 +179,9 @@ class ScorerRepository:
         await self.session.flush()
 
     async def score_history(self, lead_id: str) -> Sequence[LeadScore]:
-        """Every scoring of a lead, newest first. Scores are staged in the unit of work
-        (`UnitOfWork.append`): a transaction that staged some writes them first
-        (`write_staged`) to read them."""
+        """Every scoring of a lead, newest first, including those this transaction staged
+        (`UnitOfWork.append`), which are written first."""
+        await written_staged(self.session)
         query = (
             select(LeadScore)
             .where(LeadScore.lead_id == lead_id)
