@@ -153,7 +153,7 @@ class ServiceRuntime:
         applied = {id(loop.kafka): loop for loop in self._loops} if commit else {}
         for kafka in self._kafka_consumers:
             await close_quietly(
-                _leave(kafka, applied.get(id(kafka))),
+                leave_group(kafka, applied.get(id(kafka))),
                 timeout_s=self.settings.kafka_timeout_s,
                 what="consumer",
             )
@@ -288,7 +288,7 @@ class ServiceRuntime:
         return checks
 
 
-async def _leave(kafka: AIOKafkaConsumer, loop: ConsumerLoop | None) -> None:
+async def leave_group(kafka: AIOKafkaConsumer, loop: ConsumerLoop | None) -> None:
     """Commit what `loop` applied, if given, then leave the consumer group."""
     if loop is not None:
         await loop.commit_applied()

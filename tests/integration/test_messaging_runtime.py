@@ -26,6 +26,7 @@ from handoff_runtime.db import Database, UnitOfWork
 from handoff_runtime.kafka import ensure_topics, make_consumer, make_producer
 from handoff_runtime.metrics import EVENTS_CONSUMED
 from handoff_runtime.relay import OutboxRelay
+from handoff_runtime.service import leave_group
 from handoff_runtime.settings import ServiceSettings
 from handoff_runtime.tracing import trace_id_of
 from handoff_schemas import (
@@ -245,6 +246,104 @@ async def test_a_busy_consumer_commits_offsets_once_an_interval_and_when_it_fall
     await run_until(loop, all_committed)
     assert batches >= 8, batches  # 30 records, at most 4 a batch
     assert 1 <= len(commits) < batches / 2, (len(commits), batches)
+
+
+def never_idle(loop: ConsumerLoop) -> None:
+    """Make `loop` look busy forever once it has read everything: an empty fetch never
+    returns, so the idle commit never runs and only a stop or a revoke can commit."""
+    getmany = loop.kafka.getmany
+
+    async def busy_getmany(*partitions: Any, **options: Any) -> Any:
+        batches = await getmany(*partitions, **options)
+        if not any(batches.values()):
+            await asyncio.Event().wait()
+        return batches
+
+    loop.kafka.getmany = busy_getmany
+
+
+def recorded_commits(loop: ConsumerLoop) -> list[dict[TopicPartition, int]]:
+    """Every offset commit `loop` sends to its group, from now on."""
+    commits: list[dict[TopicPartition, int]] = []
+    commit = loop.kafka.commit
+
+    async def recording_commit(offsets: Any = None) -> None:
+        commits.append({tp: meta.offset for tp, meta in offsets.items()})
+        await commit(offsets)
+
+    loop.kafka.commit = recording_commit
+    return commits
+
+
+async def committed_offsets(rig: Rig, group: str) -> dict[int, int]:
+    """The offsets `group` has committed on the rig's topic, read by a client of its own."""
+    reader = make_consumer(
+        rig.infra.bootstrap,
+        group_id=group,
+        client_id="offsets",
+        fetch_max_wait_ms=50,
+        max_records=1,
+    )
+    await reader.start()
+    try:
+        return {p: await reader.committed(TopicPartition(rig.topic, p)) or 0 for p in (0, 1)}
+    finally:
+        await reader.stop()
+
+
+async def test_a_stopping_consumer_commits_what_it_applied_as_it_leaves(rig: Rig) -> None:
+    """A busy consumer (commit interval not reached, never idle) that is stopped commits the
+    offsets of every record it applied on its way out of the group, so a restart reads on
+    from there instead of receiving them all again."""
+    events = [lead_event() for _ in range(12)]
+    await produce(rig.infra.bootstrap, rig.topic, [(e.subject.encode(), encode(e)) for e in events])
+    loop = rig.loop(max_records=5, commit_interval_s=3600)
+    never_idle(loop)
+    commits = recorded_commits(loop)
+    await loop.kafka.start()
+    task = asyncio.create_task(loop.run())
+    try:
+        assert await wait_for(lambda: _eq(rig.effect_count(), 12), timeout_s=45)
+        assert commits == []
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await leave_group(loop.kafka, loop)
+    assert len(commits) == 1
+    assert sum(commits[0].values()) == 12
+    assert sum((await committed_offsets(rig, rig.service)).values()) == 12
+
+
+async def test_a_consumer_giving_up_partitions_commits_what_it_applied_of_them(rig: Rig) -> None:
+    """When a second member joins, the first gives up its partitions and commits what it
+    applied of them before the newcomer takes them, although its commit interval has not
+    passed and it never fell idle: the newcomer starts after those records."""
+    events = [lead_event() for _ in range(12)]
+    await produce(rig.infra.bootstrap, rig.topic, [(e.subject.encode(), encode(e)) for e in events])
+    first = rig.loop(max_records=5, commit_interval_s=3600)
+    never_idle(first)
+    commits = recorded_commits(first)
+    await first.kafka.start()
+    task = asyncio.create_task(first.run())
+    second = rig.loop(max_records=5)
+    try:
+        assert await wait_for(lambda: _eq(rig.effect_count(), 12), timeout_s=45)
+        assert commits == []
+        await second.kafka.start()
+        second.kafka.subscribe([rig.topic])
+        await second.kafka.getmany(timeout_ms=100)  # joins the group
+        assert await wait_for(lambda: _true_when(bool(second.kafka.assignment())), timeout_s=45)
+        assert sum(sum(c.values()) for c in commits) == 12, commits
+        applied_by_second: list[Any] = []
+        for _ in range(5):
+            batches = await second.kafka.getmany(timeout_ms=200)
+            applied_by_second += [r for records in batches.values() for r in records]
+        assert applied_by_second == []
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await first.kafka.stop()
+        await second.kafka.stop()
 
 
 async def test_crash_before_db_commit_leaves_nothing_and_redelivery_applies_once(rig: Rig) -> None:
