@@ -205,6 +205,59 @@ async def test_a_report_before_the_assignment_waits_for_it_and_is_applied_then(
     assert [c.working for c in changes] == [True, True]
 
 
+async def test_a_report_naming_the_next_owner_waits_for_the_reassignment(
+    feedback: Feedback, http: httpx.AsyncClient
+) -> None:
+    """The CRM saw the lead reassigned to rep_2 before feedback did: rep_2's first touch,
+    naming rep_2, waits for that assignment instead of being applied to rep_1's (where the
+    router would not count it as rep_2's first touch). A late report from rep_1, who no
+    longer owns the lead, is kept in the history and moves nothing."""
+    lead_id = new_lead_id()
+    await created_on_kafka(feedback, lead_id)
+    await assigned_in_feedback(http, feedback, lead_id)  # to rep_1
+
+    touched = await http.post(
+        status_url(feedback, lead_id), json={"status": "contacted", "rep_id": "rep_2"}
+    )
+    assert touched.status_code == 202, touched.text
+    assert touched.json()["disposition"] == "pending"
+    assert (touched.json()["status"], touched.json()["rep_id"]) == ("assigned", "rep_1")
+    waiting = await history(http, feedback, lead_id)
+    assert [p["change"]["rep_id"] for p in waiting["pending"]] == ["rep_2"]
+
+    await publish(
+        feedback.bootstrap, LEAD_ROUTING.name, assigned(lead_id, rep_id="rep_2"), "/handoff/router"
+    )
+
+    async def applied() -> bool:
+        return (await history(http, feedback, lead_id)).get("status") == "contacted"
+
+    assert await wait_for(applied)
+    story = await history(http, feedback, lead_id)
+    assert (story["rep_id"], story["pending"]) == ("rep_2", [])
+    records = await read_topic(
+        feedback.bootstrap, LEAD_STATUS.name, until=1, where=lambda r: r.key == lead_id.encode()
+    )
+    change = decode(records[0].value).data
+    assert (change.to_status, change.rep_id) == (S.CONTACTED, "rep_2")
+
+    stale = await http.post(
+        status_url(feedback, lead_id), json={"status": "qualified", "rep_id": "rep_1"}
+    )
+    assert stale.status_code == 200, stale.text
+    assert (stale.json()["disposition"], stale.json()["status"]) == ("late", "contacted")
+    current = await http.post(
+        status_url(feedback, lead_id), json={"status": "qualified", "rep_id": "rep_2"}
+    )
+    assert (current.json()["disposition"], current.json()["status"]) == ("applied", "qualified")
+    steps = [
+        (h["to_status"], h["disposition"])
+        for h in (await history(http, feedback, lead_id))["history"]
+    ]
+    assert steps.count(("qualified", "late")) == 1
+    assert ("contacted", "applied") in steps
+
+
 # --- signed, idempotent intake and what it refuses --------------------------------------
 
 

@@ -63,6 +63,16 @@ class StatusChange(BaseModel):
         default=None, ge=0, le=1e12, description="The amount won (only with status won)."
     )
     actor: str | None = Field(default=None, max_length=200, description="Who made the change.")
+    rep_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="The rep the report is about: the lead's owner as the CRM knows it "
+        "(the `rep_id` of its `lead.assigned`). Optional. When feedback has not seen the lead "
+        "assigned to that rep yet (a reassignment still on its way), the report waits for "
+        "that assignment (202 pending) instead of being applied to the previous owner's; a "
+        "report about an earlier owner of the lead is kept as `late`.",
+    )
     occurred_at: Instant | None = Field(
         default=None,
         description="When it happened in the CRM (default: now). Decides which of two "
@@ -76,8 +86,9 @@ class StatusReceived(BaseModel):
     lead_id: str
     disposition: str = Field(
         description="applied: the lead moved; late: older than the lead's current status, "
-        "kept in the history only; duplicate: the lead already has this status; pending: the "
-        "lead is not assigned yet, the report is applied once it is (202)."
+        "or about a rep who no longer owns the lead, kept in the history only; duplicate: the "
+        "lead already has this status; pending: the lead is not assigned yet (or not to the "
+        "rep the report names), the report is applied once it is (202)."
     )
     status: str = Field(description="The lead's status now.")
     cycle: int
@@ -103,7 +114,7 @@ class HistoryItem(BaseModel):
 
 
 class PendingItem(BaseModel):
-    """A status report waiting for the lead's assignment."""
+    """A status report waiting for the lead's assignment (to the rep it names, if any)."""
 
     change: dict[str, Any]
     received_at: datetime
@@ -149,7 +160,8 @@ async def post_status(
 ) -> JSONResponse:
     """Move a lead in its lifecycle. A repeated delivery (same `webhook-id`) gets the first
     answer; a report older than the lead's current status is kept as `late`; one for a lead
-    not yet assigned waits for the assignment (202). 409 lists the allowed statuses."""
+    not yet assigned, or naming a rep the lead is not yet assigned to, waits for the
+    assignment (202). 409 lists the allowed statuses."""
     change = parse_body(StatusChange, delivery.body)
     report = Report(
         status=change.status,
@@ -157,6 +169,7 @@ async def post_status(
         reason=change.reason,
         note=change.note,
         amount=change.amount,
+        rep_id=change.rep_id,
     )
 
     async def receive(uow: UnitOfWork) -> StatusReceived:

@@ -97,6 +97,8 @@ class Report:
     reason: Reason | None = None
     note: str | None = None
     amount: float | None = None
+    rep_id: str | None = None
+    """The rep the CRM reports for (the owner it knows), if it says."""
 
 
 class TransitionRefused(ValueError):
@@ -134,7 +136,8 @@ class Disposition(StrEnum):
     APPLIED = "applied"
     """The lead moved to the reported status."""
     LATE = "late"
-    """Older than the lead's current status: kept in the history, the lead stays put."""
+    """Older than the lead's current status, or about a rep who no longer owns the lead:
+    kept in the history, the lead stays put."""
     DUPLICATE = "duplicate"
     """The lead is already in the reported status."""
     REFUSED = "refused"

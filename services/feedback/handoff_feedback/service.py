@@ -201,13 +201,18 @@ async def _assigned(
         now,
         note=f"assigned to {event.rep_name} ({event.decision.rule})",
     )
+    still_waiting = []
     for waiting in waiting_reports.pop(event.lead_id, []):
+        if waiting.change.get("rep_id") not in (None, event.rep_id):
+            still_waiting.append(waiting)  # about another rep: waits for their assignment
+            continue
         report = Report(
             status=LeadStatus(waiting.change["status"]),
             occurred_at=datetime.fromisoformat(waiting.change["occurred_at"]),
             reason=Reason(waiting.change["reason"]) if waiting.change.get("reason") else None,
             note=waiting.change.get("note"),
             amount=waiting.change.get("amount"),
+            rep_id=waiting.change.get("rep_id"),
         )
         actor = waiting.change.get("actor")
         try:
@@ -228,6 +233,8 @@ async def _assigned(
                 delivery_id=waiting.delivery_id,
             )
         await repo.delete(waiting)
+    if still_waiting:
+        waiting_reports[event.lead_id] = still_waiting
 
 
 def _before_sales(
@@ -278,28 +285,73 @@ async def report_status(
     if lead is None:
         raise NotFound(f"feedback has not seen lead {lead_id}")
     if lead.status in BEFORE_SALES:
-        repo.add(
-            PendingStatus(
-                lead_id=lead_id,
-                change={
-                    "status": report.status.value,
-                    "occurred_at": report.occurred_at.isoformat(),
-                    "reason": report.reason.value if report.reason else None,
-                    "note": report.note,
-                    "amount": report.amount,
-                    "actor": actor,
-                },
-                delivery_id=delivery_id,
-                received_at=utcnow(),
-            )
-        )
+        _wait(repo, lead_id, report, actor, delivery_id)
         return Outcome(lead, PENDING)
     if lead.status == NURTURE:
         raise InvalidTransition(
             f"lead {lead_id} went to nurture, not to sales", allowed=[], current_status=NURTURE
         )
+    if report.rep_id is not None and report.rep_id != lead.rep_id:
+        # Not about the owner feedback knows: about an owner to come (a reassignment on its
+        # way), or one who had the lead before in this cycle.
+        if not await _owned_before(repo, lead, report.rep_id):
+            _wait(repo, lead_id, report, actor, delivery_id)
+            return Outcome(lead, PENDING)
+        _history(
+            repo,
+            lead,
+            lead.status,
+            report.status,
+            actor,
+            report.occurred_at,
+            utcnow(),
+            disposition=Disposition.LATE,
+            reason=report.reason.value if report.reason else None,
+            note=f"{report.note or ''} [reported for {report.rep_id}, who no longer owns the "
+            "lead]".strip(),
+            report=report,
+            delivery_id=delivery_id,
+        )
+        return Outcome(lead, Disposition.LATE.value)
     disposition = await _receive(uow, repo, lead, report, actor, delivery_id, policy)
     return Outcome(lead, disposition.value)
+
+
+def _wait(
+    repo: FeedbackRepository,
+    lead_id: str,
+    report: Report,
+    actor: str | None,
+    delivery_id: str | None,
+) -> None:
+    """Keep a report until the lead's assignment (to the rep it names, if any) arrives."""
+    repo.add(
+        PendingStatus(
+            lead_id=lead_id,
+            change={
+                "status": report.status.value,
+                "occurred_at": report.occurred_at.isoformat(),
+                "reason": report.reason.value if report.reason else None,
+                "note": report.note,
+                "amount": report.amount,
+                "actor": actor,
+                "rep_id": report.rep_id,
+            },
+            delivery_id=delivery_id,
+            received_at=utcnow(),
+        )
+    )
+
+
+async def _owned_before(repo: FeedbackRepository, lead: TrackedLead, rep_id: str) -> bool:
+    """Whether the lead was assigned to `rep_id` earlier in its current cycle."""
+    return any(
+        step.to_status == LeadStatus.ASSIGNED.value
+        and step.rep_id == rep_id
+        and step.cycle == lead.cycle
+        and step.disposition == Disposition.APPLIED.value
+        for step in await repo.history(lead.lead_id)
+    )
 
 
 async def _receive(
