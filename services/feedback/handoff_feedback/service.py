@@ -218,19 +218,8 @@ async def _assigned(
         try:
             await _receive(uow, repo, lead, report, actor, waiting.delivery_id, policy)
         except InvalidTransition as refused:
-            _history(
-                repo,
-                lead,
-                lead.status,
-                report.status,
-                actor,
-                report.occurred_at,
-                utcnow(),
-                disposition=Disposition.REFUSED,
-                reason=report.reason.value if report.reason else None,
-                note=f"{report.note or ''} [{refused.detail}]".strip(),
-                report=report,
-                delivery_id=waiting.delivery_id,
+            _kept(
+                repo, lead, report, actor, waiting.delivery_id, Disposition.REFUSED, refused.detail
             )
         await repo.delete(waiting)
     if still_waiting:
@@ -297,24 +286,37 @@ async def report_status(
         if not await _owned_before(repo, lead, report.rep_id):
             _wait(repo, lead_id, report, actor, delivery_id)
             return Outcome(lead, PENDING)
-        _history(
-            repo,
-            lead,
-            lead.status,
-            report.status,
-            actor,
-            report.occurred_at,
-            utcnow(),
-            disposition=Disposition.LATE,
-            reason=report.reason.value if report.reason else None,
-            note=f"{report.note or ''} [reported for {report.rep_id}, who no longer owns the "
-            "lead]".strip(),
-            report=report,
-            delivery_id=delivery_id,
-        )
+        why = f"reported for {report.rep_id}, who no longer owns the lead"
+        _kept(repo, lead, report, actor, delivery_id, Disposition.LATE, why)
         return Outcome(lead, Disposition.LATE.value)
     disposition = await _receive(uow, repo, lead, report, actor, delivery_id, policy)
     return Outcome(lead, disposition.value)
+
+
+def _kept(
+    repo: FeedbackRepository,
+    lead: TrackedLead,
+    report: Report,
+    actor: str | None,
+    delivery_id: str | None,
+    disposition: Disposition,
+    why: str,
+) -> None:
+    """Keep a report that does not move the lead in its history, saying why."""
+    _history(
+        repo,
+        lead,
+        lead.status,
+        report.status,
+        actor,
+        report.occurred_at,
+        utcnow(),
+        disposition=disposition,
+        reason=report.reason.value if report.reason else None,
+        note=f"{report.note or ''} [{why}]".strip(),
+        report=report,
+        delivery_id=delivery_id,
+    )
 
 
 def _wait(
