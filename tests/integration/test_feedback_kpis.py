@@ -562,15 +562,23 @@ async def test_the_kpis_managers_read_match_the_events_in_any_order(stack: Stack
         }
 
 
-async def test_reports_come_as_csv_and_bad_queries_get_a_problem(stack: Stack) -> None:
-    if not stack.seeded:  # run on its own
+async def all_seen(
+    stack: Stack,
+    http: httpx.AsyncClient,
+    path: str,
+    params: dict[str, str],
+    done: Callable[[Any], bool],
+) -> Any:
+    """A report once every lead's events are in (produced here if the test runs on its own)."""
+    if not stack.seeded:
         await seed(stack, early_records() + later_records())
+    return await settled(http, path, params, done)
+
+
+async def test_reports_come_as_csv_and_bad_queries_get_a_problem(stack: Stack) -> None:
     async with httpx.AsyncClient(base_url=stack.feedback, timeout=10) as http:
-        await settled(
-            http,
-            "/v1/kpis/revenue",
-            NOVEMBER_2,
-            lambda g: g == REVENUE_BY_CAMPAIGN,
+        await all_seen(
+            stack, http, "/v1/kpis/revenue", NOVEMBER_2, lambda g: g == REVENUE_BY_CAMPAIGN
         )
         as_csv = await http.get("/v1/kpis/revenue", params={**NOVEMBER_2, "format": "csv"})
         assert as_csv.status_code == 200
@@ -728,14 +736,10 @@ async def test_a_rebuild_from_the_topics_ends_in_the_read_model_the_consumer_bui
     """`rebuild-kpis` empties a damaged read model and replays the topics into it, ending in
     the rows the running consumer built; a lead whose events are produced as the rebuild
     starts (the consumer applies them while it runs, or after) ends complete too."""
-    if not stack.seeded:  # run on its own
-        await seed(stack, early_records() + later_records())
     async with httpx.AsyncClient(base_url=stack.feedback, timeout=10) as http:
-        await settled(
-            http,
-            "/v1/kpis/funnel",
-            {"group_by": "campaign", **NOVEMBER_2},
-            lambda g: g == FUNNEL_BY_CAMPAIGN,
+        by_campaign = {"group_by": "campaign", **NOVEMBER_2}
+        await all_seen(
+            stack, http, "/v1/kpis/funnel", by_campaign, lambda g: g == FUNNEL_BY_CAMPAIGN
         )
     built = await _read_model(stack.database_url)
     assert len(built[0]) == 12

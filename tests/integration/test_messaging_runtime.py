@@ -291,10 +291,12 @@ async def committed_offsets(rig: Rig, group: str) -> dict[int, int]:
         await reader.stop()
 
 
-async def test_a_stopping_consumer_commits_what_it_applied_as_it_leaves(rig: Rig) -> None:
-    """A busy consumer (commit interval not reached, never idle) that is stopped commits the
-    offsets of every record it applied on its way out of the group, so a restart reads on
-    from there instead of receiving them all again."""
+@asynccontextmanager
+async def busy_consumer(
+    rig: Rig,
+) -> AsyncIterator[tuple[ConsumerLoop, list[dict[TopicPartition, int]]]]:
+    """A consumer that has applied 12 records and committed none of them (its commit interval
+    not reached, never idle), and every commit it sends from then on; cancelled on exit."""
     events = [lead_event() for _ in range(12)]
     await produce(rig.infra.bootstrap, rig.topic, [(e.subject.encode(), encode(e)) for e in events])
     loop = rig.loop(max_records=5, commit_interval_s=3600)
@@ -305,10 +307,19 @@ async def test_a_stopping_consumer_commits_what_it_applied_as_it_leaves(rig: Rig
     try:
         assert await wait_for(lambda: _eq(rig.effect_count(), 12), timeout_s=45)
         assert commits == []
+        yield loop, commits
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        await leave_group(loop.kafka, loop)
+
+
+async def test_a_stopping_consumer_commits_what_it_applied_as_it_leaves(rig: Rig) -> None:
+    """A busy consumer (commit interval not reached, never idle) that is stopped commits the
+    offsets of every record it applied on its way out of the group, so a restart reads on
+    from there instead of receiving them all again."""
+    async with busy_consumer(rig) as (loop, commits):
+        pass
+    await leave_group(loop.kafka, loop)
     assert len(commits) == 1
     assert sum(commits[0].values()) == 12
     assert sum((await committed_offsets(rig, rig.service)).values()) == 12
@@ -318,32 +329,23 @@ async def test_a_consumer_giving_up_partitions_commits_what_it_applied_of_them(r
     """When a second member joins, the first gives up its partitions and commits what it
     applied of them before the newcomer takes them, although its commit interval has not
     passed and it never fell idle: the newcomer starts after those records."""
-    events = [lead_event() for _ in range(12)]
-    await produce(rig.infra.bootstrap, rig.topic, [(e.subject.encode(), encode(e)) for e in events])
-    first = rig.loop(max_records=5, commit_interval_s=3600)
-    never_idle(first)
-    commits = recorded_commits(first)
-    await first.kafka.start()
-    task = asyncio.create_task(first.run())
     second = rig.loop(max_records=5)
-    try:
-        assert await wait_for(lambda: _eq(rig.effect_count(), 12), timeout_s=45)
-        assert commits == []
-        await second.kafka.start()
-        second.kafka.subscribe([rig.topic])
-        await second.kafka.getmany(timeout_ms=100)  # joins the group
-        assert await wait_for(lambda: _true_when(bool(second.kafka.assignment())), timeout_s=45)
-        assert sum(sum(c.values()) for c in commits) == 12, commits
-        applied_by_second: list[Any] = []
-        for _ in range(5):
-            batches = await second.kafka.getmany(timeout_ms=200)
-            applied_by_second += [r for records in batches.values() for r in records]
-        assert applied_by_second == []
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await first.kafka.stop()
-        await second.kafka.stop()
+    async with busy_consumer(rig) as (first, commits):
+        try:
+            await second.kafka.start()
+            second.kafka.subscribe([rig.topic])
+            await second.kafka.getmany(timeout_ms=100)  # joins the group
+            joined = await wait_for(lambda: _true_when(bool(second.kafka.assignment())), 45)
+            assert joined
+            assert sum(sum(c.values()) for c in commits) == 12, commits
+            applied_by_second: list[Any] = []
+            for _ in range(5):
+                batches = await second.kafka.getmany(timeout_ms=200)
+                applied_by_second += [r for records in batches.values() for r in records]
+            assert applied_by_second == []
+        finally:
+            await second.kafka.stop()
+    await first.kafka.stop()
 
 
 async def test_crash_before_db_commit_leaves_nothing_and_redelivery_applies_once(rig: Rig) -> None:
