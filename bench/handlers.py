@@ -153,7 +153,7 @@ async def measure(
             feedback_batch = await feedback.apply(created + scored + routed, size)
             if round_ == 0 and profile:  # from the first measured batch on
                 for each in (scorer, router, feedback):
-                    each.profile = cProfile.Profile()
+                    each.profile = cProfile.Profile(time.process_time)
             if round_:
                 for name, batch in zip(
                     SERVICES, (scored_batch, routed_batch, feedback_batch), strict=True

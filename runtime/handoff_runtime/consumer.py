@@ -29,7 +29,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import sqlalchemy as sa
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
@@ -152,12 +151,11 @@ class ConsumerLoop:
         self._rewound: set[TopicPartition] = set()
         # One statement text whatever the batch size (arrays, not a VALUES list per size), so
         # the driver prepares it once.
-        self._claim_statement = sa.text(
+        self._claim_statement = (
             f'INSERT INTO "{db.tables.schema}".processed_events'
             ' (event_key, topic, partition, "offset", outcome)'
             " SELECT key, topic, partition, position, 'processed' FROM unnest("
-            " CAST(:keys AS text[]), CAST(:topics AS text[]),"
-            " CAST(:partitions AS int4[]), CAST(:offsets AS int8[])"
+            " $1::text[], $2::text[], $3::int4[], $4::int8[]"
             " ) AS claimed(key, topic, partition, position)"
             " ON CONFLICT (event_key) DO NOTHING RETURNING event_key"
         )
@@ -217,21 +215,22 @@ class ConsumerLoop:
     async def process_batch(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Apply a batch in one transaction: each record once, failures dead-lettered.
 
-        The common case costs one savepoint and one set-based insert of the processed marks
-        for the whole batch. If anything in it fails, that savepoint is rolled back and the
-        batch is applied again record by record, each in a savepoint of its own with bounded
-        retries, so a bad record is dead-lettered without holding back the others."""
+        The common case costs one transaction and one set-based insert of the processed marks
+        for the whole batch. If anything in it fails (its commit included), that transaction
+        is rolled back and the batch is applied again record by record in another, each
+        record in a savepoint of its own with bounded retries, so a bad record is
+        dead-lettered without holding back the others."""
         started = time.perf_counter()
-        async with self.db.unit_of_work() as uow:
-            try:
-                async with uow.savepoint():
-                    await self._apply_batch(uow, records)
-            except Exception as exc:
-                log.info(
-                    "batch applied record by record after a failure",
-                    records=len(records),
-                    error=f"{type(exc).__name__}: {exc}"[:500],
-                )
+        try:
+            async with self.db.unit_of_work() as uow:
+                await self._apply_batch(uow, records)
+        except Exception as exc:
+            log.info(
+                "batch applied record by record after a failure",
+                records=len(records),
+                error=f"{type(exc).__name__}: {exc}"[:500],
+            )
+            async with self.db.unit_of_work() as uow:
                 halfway = len(records) // 2
                 for index, record in enumerate(records):
                     if index == halfway and index > 0:
@@ -307,16 +306,15 @@ class ConsumerLoop:
         rows: dict[str, ConsumerRecord[bytes, bytes]] = {}
         for record, key, _ in keyed:
             rows.setdefault(self.dedupe_key(key), record)
-        inserted = await uow.session.execute(
+        driver = await uow.driver()
+        inserted = await driver.fetch(
             self._claim_statement,
-            {
-                "keys": list(rows),
-                "topics": [record.topic for record in rows.values()],
-                "partitions": [record.partition for record in rows.values()],
-                "offsets": [record.offset for record in rows.values()],
-            },
+            list(rows),
+            [record.topic for record in rows.values()],
+            [record.partition for record in rows.values()],
+            [record.offset for record in rows.values()],
         )
-        return set(inserted.scalars())
+        return {row[0] for row in inserted}
 
     async def _process_record(self, uow: UnitOfWork, record: ConsumerRecord[bytes, bytes]) -> None:
         started = time.perf_counter()

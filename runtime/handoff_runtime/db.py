@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, TypeVar
 
+import asyncpg
 import orjson
 import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -100,6 +103,11 @@ class UnitOfWork:
     scorer's scorings) are staged the same way (`append`), without an ORM object each; a
     read of such a table in the transaction that staged them writes them first
     (`write_staged`, or `written_staged` for a repository that holds only the session).
+
+    The runtime's own statements of every transaction (these writes, and a consumer's
+    processed marks) go to the transaction's asyncpg connection directly (`driver`): through
+    SQLAlchemy's asyncio layer each statement costs several times the client CPU, which at
+    moderate rates, with a few records per batch, is most of what a batch costs.
     """
 
     session: AsyncSession
@@ -111,6 +119,7 @@ class UnitOfWork:
     """Trace ids by subject, while a batch of consumed events is applied: an event published
     about a lead continues the trace of the consumed event about that lead."""
     _unwritten: dict[sa.Table, list[dict[str, Any]]] = field(default_factory=dict)
+    _driver: asyncpg.Connection | None = None
 
     def __post_init__(self) -> None:
         self.session.info[_UNIT_OF_WORK] = self
@@ -190,8 +199,60 @@ class UnitOfWork:
         tables, self._unwritten = self._unwritten, {}
         # What the ORM holds goes first: a staged row may refer to a row it has yet to insert.
         await self.session.flush()
+        driver = await self.driver()
         for table, rows in tables.items():
-            await self.session.execute(table.insert(), rows)
+            statement, parameters = _insert_of(table, tuple(rows[0]))
+            await driver.executemany(statement, [parameters(row) for row in rows])
+
+    async def driver(self) -> asyncpg.Connection:
+        """The asyncpg connection this transaction runs on (begun if it was not yet), for
+        statements the runtime writes as SQL text with `$n` parameters. As SQLAlchemy's
+        dialect set the connection up, JSON values are passed as text and read decoded."""
+        if self._driver is None:
+            self._driver = await driver_of(await self.session.connection())
+        return self._driver
+
+
+async def driver_of(connection: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under `connection`, inside the transaction `connection` has
+    begun (begun now if no statement has been sent yet)."""
+    pooled = await connection.get_raw_connection()
+    adapted: Any = pooled.dbapi_connection
+    # SQLAlchemy's asyncpg adapter sends BEGIN before its own first statement, not when the
+    # transaction begins: a statement sent here first would run outside the transaction.
+    # Begin it through the adapter, which then commits or rolls it back.
+    if adapted._transaction is None:
+        await adapted._start_transaction()
+    driver: asyncpg.Connection = pooled.driver_connection
+    return driver
+
+
+@lru_cache(maxsize=64)
+def _insert_of(
+    table: sa.Table, columns: tuple[str, ...]
+) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]:
+    """The driver's INSERT of a table's rows with these columns, and what turns a staged row
+    into its parameters (JSON columns encoded as the engine encodes them: orjson, and None as
+    JSON null unless the column stores SQL NULL for it)."""
+    name = f'"{table.schema}"."{table.name}"' if table.schema else f'"{table.name}"'
+    quoted = ", ".join(f'"{column}"' for column in columns)
+    placeholders = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+    statement = f"INSERT INTO {name} ({quoted}) VALUES ({placeholders})"
+    as_json = tuple(
+        (column, kind.none_as_null)
+        for column in columns
+        if isinstance(kind := table.c[column].type, sa.JSON)
+    )
+
+    def parameters(row: dict[str, Any]) -> tuple[Any, ...]:
+        values = dict(row)
+        for column, none_as_null in as_json:
+            value = values[column]
+            if value is not None or not none_as_null:
+                values[column] = orjson.dumps(value).decode()
+        return tuple(values[column] for column in columns)
+
+    return statement, parameters
 
 
 _UNIT_OF_WORK = "handoff.unit_of_work"

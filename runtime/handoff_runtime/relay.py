@@ -15,21 +15,55 @@ import asyncio
 import contextlib
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 import structlog
 from aiokafka import AIOKafkaProducer
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import crashpoints
 from .aio import within
-from .db import Database
+from .db import Database, driver_of
 from .metrics import EVENTS_PRODUCED, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, REDRIVES
 
 log = structlog.get_logger(__name__)
+
+
+class _Pending(NamedTuple):
+    """An unpublished outbox row as the relay reads it."""
+
+    id: int
+    topic: str
+    key: str | None
+    value: bytes | None
+    headers: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class _RelaySql:
+    """The statements of a relay pass, for one service's outbox."""
+
+    lock: str
+    pending: str
+    mark: str
+    backlog: str
+
+    @classmethod
+    def of(cls, outbox: str) -> _RelaySql:
+        return cls(
+            lock="SELECT pg_try_advisory_xact_lock($1)",
+            pending=(
+                f"SELECT id, topic, key, value, headers, created_at FROM {outbox}"
+                " WHERE published_at IS NULL ORDER BY id LIMIT $1"
+            ),
+            # `= ANY(array)`, not `IN (...)`: one statement text for any number of ids.
+            mark=f"UPDATE {outbox} SET published_at = now() WHERE id = ANY($1::int8[])",
+            backlog=f"SELECT count(*) FROM {outbox} WHERE published_at IS NULL",
+        )
 
 
 class OutboxRelay:
@@ -56,6 +90,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         # One lock id per service schema, shared by all its instances.
         self._lock_id = zlib.crc32(f"handoff-outbox:{db.tables.schema}".encode())
+        self._sql = _RelaySql.of(f'"{db.tables.schema}".outbox')
         db.on_events_committed(self.wake)
 
     def wake(self) -> None:
@@ -84,27 +119,17 @@ class OutboxRelay:
             self._wake.clear()
 
     async def publish_pending(self) -> int:
-        """Publish one batch of unpublished rows; returns how many were acknowledged."""
-        outbox = self.db.tables.outbox
+        """Publish one batch of unpublished rows; returns how many were acknowledged.
+
+        Its statements go to the asyncpg connection directly (a pass runs several times a
+        second at moderate rates, and through SQLAlchemy's asyncio layer each would cost
+        several times the client CPU)."""
         async with self.db.engine.begin() as conn:
-            locked = await conn.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(self._lock_id)))
-            if not locked:
+            driver = await driver_of(conn)
+            if not await driver.fetchval(self._sql.lock, self._lock_id):
                 return 0  # another instance of this service is publishing
-            rows = (
-                await conn.execute(
-                    sa.select(
-                        outbox.c.id,
-                        outbox.c.topic,
-                        outbox.c.key,
-                        outbox.c.value,
-                        outbox.c.headers,
-                        outbox.c.created_at,
-                    )
-                    .where(outbox.c.published_at.is_(None))
-                    .order_by(outbox.c.id)
-                    .limit(self.batch_size)
-                )
-            ).all()
+            pending = await driver.fetch(self._sql.pending, self.batch_size)
+            rows = [_Pending(*row) for row in pending]
             if not rows:
                 OUTBOX_BACKLOG.labels(self.service).set(0)
                 OUTBOX_OLDEST_AGE.labels(self.service).set(0)
@@ -118,32 +143,19 @@ class OutboxRelay:
             acked = await self._send(rows)
             if acked:
                 crashpoints.reached("after_publish")
-                # `= ANY(array)`, not `IN (...)`: one statement text for any number of ids.
-                ids = sa.literal(acked, ARRAY(sa.BigInteger))
-                await conn.execute(
-                    outbox.update()
-                    .where(outbox.c.id == sa.any_(ids))
-                    .values(published_at=sa.func.now())
-                )
+                await driver.execute(self._sql.mark, acked)
             # A batch shorter than the limit took every unpublished row; only a full one
             # leaves rows behind that need counting.
             backlog = len(rows)
             if len(rows) >= self.batch_size:
-                backlog = (
-                    await conn.scalar(
-                        sa.select(sa.func.count())
-                        .select_from(outbox)
-                        .where(outbox.c.published_at.is_(None))
-                    )
-                    or 0
-                )
+                backlog = await driver.fetchval(self._sql.backlog) or 0
         OUTBOX_BACKLOG.labels(self.service).set(max(0, backlog - len(acked)))
         unacked = [r for r in rows if r.id not in set(acked)]
         oldest = (datetime.now(UTC) - unacked[0].created_at).total_seconds() if unacked else 0
         OUTBOX_OLDEST_AGE.labels(self.service).set(oldest)
         return len(acked)
 
-    async def _send(self, rows: Sequence[Any]) -> list[int]:
+    async def _send(self, rows: Sequence[_Pending]) -> list[int]:
         """Send rows, await the acks, and return the ids safe to mark: for each key, only
         the rows before its first failure, so a retry cannot reorder a lead's events."""
         futures: list[asyncio.Future[Any]] = []
@@ -151,7 +163,7 @@ class OutboxRelay:
         # unless its buffer is full), not a timer per row.
         async with asyncio.timeout(self.send_timeout_s):
             for row in rows:
-                headers = [(k, str(v).encode()) for k, v in (row.headers or {}).items()]
+                headers = [(k, str(v).encode()) for k, v in row.headers.items()]
                 future = await self.producer.send(
                     row.topic,
                     value=row.value,
