@@ -168,11 +168,14 @@ async def test_dropped_for_no_budget_the_lead_is_nurtured_frees_its_slot_and_ret
             return bool(story["cycle"] == 2 and story["status"] == "assigned")
 
         assert await wait_for(assigned_again)
-        steps = [(h["to_status"], h["cycle"]) for h in (await story_of(back_late))["history"]]
+        history = (await story_of(back_late))["history"]
+        steps = [(h["to_status"], h["cycle"]) for h in history]
         assert steps[0] == ("contacted", 1)  # the CRM's times: it happened 101 days ago
         assert steps[1] == ("disqualified", 1)
         assert [s for s in steps[2:] if s[0] != "engaged"][:2] == [("created", 1), ("assigned", 1)]
-        assert steps[-2:] == [("requalified", 2), ("assigned", 2)]
+        assert steps[-2:] == [("requalified", 2), ("assigned", 2)], [
+            (h["to_status"], h["cycle"], h["occurred_at"], h["recorded_at"]) for h in history
+        ]
         scored = (await http.get(f"{scorer}/v1/leads/{back_late}")).json()
         assert scored["cycle"] == 2
         assert scored["outcome"] is None

@@ -590,6 +590,86 @@ async def test_a_consumed_batch_ends_where_its_events_one_at_a_time_end(
     assert [step[1] for step in one_at_a_time["e"][1]] == ["assigned"]
 
 
+async def test_a_new_sales_cycle_shows_whichever_of_its_events_feedback_reads_first(
+    feedback: Feedback,
+) -> None:
+    """A lead sales dropped re-qualifies: the scorer's lead.scored and the router's outcome
+    for the new cycle travel on different topics, so either may be read first. Either way
+    the history shows the re-qualification, then the outcome, and the lead ends the same."""
+    consumer = feedback_consumer(Policy())
+    db = Database(feedback.database_url, schema="feedback", source="/handoff/feedback")
+
+    def event_of(data: Any) -> CloudEvent[Any]:
+        return new_event(data, source="/handoff/tests", subject=data.lead_id)
+
+    async def consumed(event: CloudEvent[Any]) -> None:
+        async with db.unit_of_work() as uow:
+            await consumer.batch_handlers[event.type](uow, [event])
+
+    ends: dict[str, tuple[Any, ...]] = {}
+    try:
+        for first, outcome in (
+            ("scored", "assigned"),
+            ("outcome", "assigned"),
+            ("scored", "queued"),
+            ("outcome", "queued"),
+        ):
+            lead_id = new_lead_id()
+            async with db.unit_of_work() as uow:
+                await service.leads_seen(
+                    uow, [Sighting(lead_id, 1, datetime.now(UTC), engaged=True)]
+                )
+            await consumed(event_of(assigned(lead_id)))
+            async with db.unit_of_work() as uow:
+                dropped = Report(S.DISQUALIFIED, datetime.now(UTC), reason=Reason.NO_BUDGET)
+                await service.report_status(
+                    uow, lead_id, dropped, actor="crm", delivery_id=None, policy=Policy()
+                )
+            # The scorer's event is made before the router's (which follows from it).
+            scored = event_of(scored_lead(lead_id, email=f"{lead_id}@example.com", cycle=2))
+            routed: Any = assigned(lead_id, cycle=2)
+            if outcome == "queued":
+                routed = LeadQueuedV1(
+                    lead_id=lead_id,
+                    team_id="team_1",
+                    queued_at=datetime.now(UTC),
+                    decision=routed.decision,
+                    cycle=2,
+                )
+            routed_event = event_of(routed)
+            for event in (scored, routed_event) if first == "scored" else (routed_event, scored):
+                await consumed(event)
+            async with db.engine.connect() as conn:
+                lead = (
+                    await conn.execute(
+                        sa.text("SELECT status, cycle FROM feedback.leads WHERE lead_id = :id"),
+                        {"id": lead_id},
+                    )
+                ).one()
+                steps = (
+                    await conn.execute(
+                        sa.text(
+                            "SELECT to_status, cycle FROM feedback.history WHERE lead_id = :id"
+                            " ORDER BY occurred_at, id"
+                        ),
+                        {"id": lead_id},
+                    )
+                ).all()
+            ends[f"{first} first, {outcome}"] = (tuple(lead), [tuple(step) for step in steps])
+    finally:
+        await db.dispose()
+    for case, (lead, steps) in ends.items():
+        outcome = "assigned" if case.endswith("assigned") else "queued"
+        assert lead == (outcome, 2), case
+        assert steps == [
+            ("created", 1),
+            ("assigned", 1),
+            ("disqualified", 1),
+            ("requalified", 2),
+            (outcome, 2),
+        ], case
+
+
 async def test_history_staged_in_a_transaction_is_read_back_in_it(feedback: Feedback) -> None:
     """History rows are staged in the unit of work, not flushed by the ORM: a later run of a
     batch in the same transaction (another lead.created of the lead, after a run of another

@@ -95,11 +95,8 @@ async def leads_seen(uow: UnitOfWork, sightings: Sequence[Sighting]) -> None:
     for seen in sightings:
         known = seen.lead_id in leads
         lead = _tracked(repo, leads, seen.lead_id, seen.cycle)
-        if known and seen.cycle > lead.cycle:
-            previous = lead.status
-            lead.status, lead.cycle, lead.status_at, lead.updated_at = NEW, seen.cycle, None, now
-            note = f"cycle {seen.cycle}"
-            _history(repo, lead, previous, "requalified", "scorer", seen.at, now, note=note)
+        if known:
+            _requalified(repo, lead, seen.cycle, seen.at, now)
         if not seen.engaged:
             continue
         if seen.lead_id in created:
@@ -141,7 +138,13 @@ async def leads_routed(uow: UnitOfWork, events: Sequence[Routed], policy: Policy
             await _assigned(uow, repo, leads, event, waiting_reports, policy)
         elif isinstance(event, LeadQueuedV1):
             _before_sales(
-                repo, leads, event.lead_id, QUEUED, event.queued_at, team_id=event.team_id
+                repo,
+                leads,
+                event.lead_id,
+                QUEUED,
+                event.queued_at,
+                cycle=event.cycle,
+                team_id=event.team_id,
             )
         else:
             _before_sales(
@@ -154,6 +157,19 @@ async def leads_routed(uow: UnitOfWork, events: Sequence[Routed], policy: Policy
                 note=event.note,
             )
     await repo.save_changed(leads.values())
+
+
+def _requalified(
+    repo: FeedbackRepository, lead: TrackedLead, cycle: int, at: datetime, now: datetime
+) -> None:
+    """A known lead seen in a later sales cycle re-qualified: it starts the cycle without a
+    rep's status. The scorer's `lead.scored` says so first, unless the router's outcome for
+    the new cycle (on another topic) was read before it: whichever comes first records it."""
+    if cycle <= lead.cycle:
+        return
+    previous = lead.status
+    lead.status, lead.cycle, lead.status_at, lead.updated_at = NEW, cycle, None, now
+    _history(repo, lead, previous, "requalified", "scorer", at, now, note=f"cycle {cycle}")
 
 
 def _tracked(
@@ -179,6 +195,8 @@ async def _assigned(
     now = utcnow()
     known = event.lead_id in leads
     lead = _tracked(repo, leads, event.lead_id, event.cycle)
+    if known:
+        _requalified(repo, lead, event.cycle, event.assigned_at, now)
     if known and (
         event.cycle < lead.cycle
         or (
@@ -233,17 +251,21 @@ def _before_sales(
     status: str,
     at: datetime,
     *,
+    cycle: int | None = None,
     team_id: str | None = None,
     reason: str | None = None,
     note: str | None = None,
 ) -> None:
     """Record a routing outcome that leaves the lead without a rep (queued, nurture); it
-    never overrides an assignment the lead already has."""
+    never overrides an assignment the lead already has. An outcome that names its sales
+    cycle (`cycle`: a queued lead's) may be the first news of the lead's re-qualification."""
     known = lead_id in leads
-    lead = _tracked(repo, leads, lead_id, 1)
+    lead = _tracked(repo, leads, lead_id, cycle or 1)
+    now = utcnow()
+    if known and cycle is not None:
+        _requalified(repo, lead, cycle, at, now)
     if known and lead.status not in BEFORE_SALES:
         return
-    now = utcnow()
     previous = lead.status
     lead.status, lead.team_id, lead.updated_at = status, team_id, now
     _history(repo, lead, previous, status, "router", at, now, reason=reason, note=note)
