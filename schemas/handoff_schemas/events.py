@@ -240,6 +240,9 @@ class LeadNurtureRequestedV1(_Payload):
     note: str | None = None
     requested_at: Instant
     requested_by: Literal["router", "feedback"]
+    cycle: int = Field(
+        default=1, ge=1, description="The lead's sales cycle the request ends (see lead.scored)."
+    )
 
 
 class LeadStatusChangedV1(_Payload):

@@ -594,8 +594,9 @@ async def test_a_new_sales_cycle_shows_whichever_of_its_events_feedback_reads_fi
     feedback: Feedback,
 ) -> None:
     """A lead sales dropped re-qualifies: the scorer's lead.scored and the router's outcome
-    for the new cycle travel on different topics, so either may be read first. Either way
-    the history shows the re-qualification, then the outcome, and the lead ends the same."""
+    for the new cycle (an assignment, a queueing, or nurture for a fit now too low) travel on
+    different topics, so either may be read first. Either way the history shows the
+    re-qualification, then the outcome, and the lead ends the same."""
     consumer = feedback_consumer(Policy())
     db = Database(feedback.database_url, schema="feedback", source="/handoff/feedback")
 
@@ -613,6 +614,8 @@ async def test_a_new_sales_cycle_shows_whichever_of_its_events_feedback_reads_fi
             ("outcome", "assigned"),
             ("scored", "queued"),
             ("outcome", "queued"),
+            ("scored", "nurture"),
+            ("outcome", "nurture"),
         ):
             lead_id = new_lead_id()
             async with db.unit_of_work() as uow:
@@ -634,6 +637,15 @@ async def test_a_new_sales_cycle_shows_whichever_of_its_events_feedback_reads_fi
                     team_id="team_1",
                     queued_at=datetime.now(UTC),
                     decision=routed.decision,
+                    cycle=2,
+                )
+            elif outcome == "nurture":
+                routed = LeadNurtureRequestedV1(
+                    lead_id=lead_id,
+                    reason=NurtureReason.LOW_FIT,
+                    note="fit grade D",
+                    requested_at=datetime.now(UTC),
+                    requested_by="router",
                     cycle=2,
                 )
             routed_event = event_of(routed)
@@ -659,7 +671,7 @@ async def test_a_new_sales_cycle_shows_whichever_of_its_events_feedback_reads_fi
     finally:
         await db.dispose()
     for case, (lead, steps) in ends.items():
-        outcome = "assigned" if case.endswith("assigned") else "queued"
+        outcome = case.rsplit(" ", 1)[1]
         assert lead == (outcome, 2), case
         assert steps == [
             ("created", 1),

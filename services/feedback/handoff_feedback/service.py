@@ -153,6 +153,7 @@ async def leads_routed(uow: UnitOfWork, events: Sequence[Routed], policy: Policy
                 event.lead_id,
                 NURTURE,
                 event.requested_at,
+                cycle=event.cycle,
                 reason=event.reason.value,
                 note=event.note,
             )
@@ -251,18 +252,18 @@ def _before_sales(
     status: str,
     at: datetime,
     *,
-    cycle: int | None = None,
+    cycle: int,
     team_id: str | None = None,
     reason: str | None = None,
     note: str | None = None,
 ) -> None:
     """Record a routing outcome that leaves the lead without a rep (queued, nurture); it
-    never overrides an assignment the lead already has. An outcome that names its sales
-    cycle (`cycle`: a queued lead's) may be the first news of the lead's re-qualification."""
+    never overrides an assignment the lead already has. The outcome's sales cycle may be the
+    first news of the lead's re-qualification."""
     known = lead_id in leads
-    lead = _tracked(repo, leads, lead_id, cycle or 1)
+    lead = _tracked(repo, leads, lead_id, cycle)
     now = utcnow()
-    if known and cycle is not None:
+    if known:
         _requalified(repo, lead, cycle, at, now)
     if known and lead.status not in BEFORE_SALES:
         return
@@ -463,6 +464,7 @@ async def _announce(
                 note=report.note,
                 requested_at=utcnow(),
                 requested_by="feedback",
+                cycle=lead.cycle,
             ),
             topic=LEAD_STATUS.name,
             subject=lead.lead_id,
