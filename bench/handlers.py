@@ -6,12 +6,14 @@ would publish), and the CPU and the SQL statements of every batch are counted.
     python bench/handlers.py [--sizes 4 40] [--batches 10] [--profile]
 
 For each service and batch size it prints the CPU per lead and the statements per batch by
-kind. A statement sent more often in larger batches is a read or write per lead that a
-set-based handler should not have (an ORM lookup that autoflushes, say): the printout flags
-it. `--profile` also writes each service's batches' cProfile statistics to
+kind (every statement its connections send, through the session or on the asyncpg
+connection itself; `BEGIN`, `COMMIT` and savepoints not counted). A statement
+sent more often in larger batches is a read or write per lead that a set-based handler
+should not have (an ORM lookup that autoflushes, say): the printout flags it. `--profile`
+also writes each service's batches' cProfile statistics (CPU time) to
 bench/out/handlers-<service>.prof and prints their costliest functions. A profile of the
-running services (`bench/profile_services.py`) shows where a process spends its
-time but not which statements a batch sends, nor what one handler costs on its own.
+running services (`bench/profile_services.py`) shows where a process spends its time but
+not which statements a batch sends, nor what one handler costs on its own.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from handoff_runtime.embedded import EmbeddedPostgres
 from handoff_runtime.logs import configure_logging
 from handoff_runtime.migrations import upgrade
 from handoff_runtime.settings import ServiceSettings
+from handoff_runtime.statements import statements_sent
 from handoff_schemas import LeadProfile
 from handoff_scorer import service as scorer_service
 from handoff_scorer.consumers import leads as scorer_consumer
@@ -66,7 +69,7 @@ class Batch:
 
 
 class Service:
-    """One service's database and consumer groups, and the statements its engine sends."""
+    """One service's database and consumer groups, and the statements its connections send."""
 
     def __init__(self, url: str, name: str, consumers: list[Consumer]) -> None:
         self.name = name
@@ -77,25 +80,21 @@ class Service:
         )
         # process_batch never touches the broker client; there is none here.
         self.loops = [ConsumerLoop(c, cast(Any, None), self.db, settings) for c in consumers]
-        self.sent: Counter[str] = Counter()
-        sa.event.listen(self.db.engine.sync_engine, "before_cursor_execute", self._note)
-
-    def _note(self, *args: Any) -> None:
-        self.sent[" ".join(str(args[2]).split())[:90]] += 1
 
     async def apply(self, records: list[Record], leads: int) -> Batch:
         """Every consumer group of the service applies `records` as one consumed batch."""
-        self.sent.clear()
-        started = time.process_time()
-        if self.profile is not None:
-            self.profile.enable()
-        try:
-            for loop in self.loops:
-                await loop.process_batch(records)
-        finally:
+        with statements_sent(self.db) as sent:
+            started = time.process_time()
             if self.profile is not None:
-                self.profile.disable()
-        return Batch(leads, time.process_time() - started, Counter(self.sent))
+                self.profile.enable()
+            try:
+                for loop in self.loops:
+                    await loop.process_batch(records)
+            finally:
+                if self.profile is not None:
+                    self.profile.disable()
+            cpu_s = time.process_time() - started
+        return Batch(leads, cpu_s, Counter(" ".join(text.split())[:90] for text in sent))
 
     async def published(self) -> list[Record]:
         """The outbox rows not yet published, as the records the relay would send; marked

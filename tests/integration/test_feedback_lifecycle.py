@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 from support.events import scored_lead
-from support.infra import embedded_infra, statements
+from support.infra import embedded_infra
 from support.kafka import produce, read_topic
 from support.processes import running_instances
 from support.waiting import wait_for
@@ -39,6 +39,7 @@ from handoff_feedback.lifecycle import TRANSITIONS, Policy, Reason, Report
 from handoff_feedback.repository import FeedbackRepository
 from handoff_feedback.service import Sighting
 from handoff_runtime.db import Database
+from handoff_runtime.statements import statements_sent
 from handoff_schemas import (
     LEAD_CREATED,
     LEAD_ROUTING,
@@ -732,7 +733,7 @@ async def test_the_statements_of_a_consumed_batch_do_not_grow_with_it(feedback: 
     async def apply(data: list[Any]) -> int:
         """Statements sent applying `data` as one run of its handler."""
         run = [new_event(d, source="/handoff/tests", subject=d.lead_id) for d in data]
-        with statements(db) as sent:
+        with statements_sent(db) as sent:
             async with db.unit_of_work() as uow:
                 await consumer.batch_handlers[run[0].type](uow, run)
         return len(sent)

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from support.events import scored_lead
-from support.infra import Infra, service_database, statements
+from support.infra import Infra, service_database
 
 from handoff_router import service
 from handoff_router.repository import RouterRepository
 from handoff_runtime.db import Database
+from handoff_runtime.statements import statements_sent
 from handoff_schemas import FitGrade, LeadScoredV1
 
 pytestmark = pytest.mark.integration
@@ -155,7 +156,7 @@ async def test_the_statements_of_a_routed_batch_do_not_grow_with_it(infra: Infra
                         scored(first + n, f"account{n % 8}.com" if accounts else None)
                         for n in range(size)
                     ]
-                    with statements(db) as sent:
+                    with statements_sent(db) as sent:
                         async with db.unit_of_work() as uow:
                             outcomes = await route(uow, batch, "route_normally")
                     assert outcomes == [path] * size

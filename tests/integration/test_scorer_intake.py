@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi import Response
 from prometheus_client import REGISTRY
-from support.infra import Infra, service_database, statements
+from support.infra import Infra, service_database
 
 from handoff_runtime.db import Database
 from handoff_runtime.idempotency import (
@@ -24,6 +24,7 @@ from handoff_runtime.idempotency import (
     claim,
     remember,
 )
+from handoff_runtime.statements import statements_sent
 from handoff_runtime.webhooks import Delivery
 from handoff_schemas import LEAD_CREATED, LeadCreatedV1, LeadProfile, decode
 from handoff_scorer.api import create_lead
@@ -67,7 +68,7 @@ async def rows(db: Database, query: str) -> list[tuple[Any, ...]]:
 
 async def test_a_new_persons_first_delivery_is_stored_in_one_statement(db: Database) -> None:
     first = delivery("msg-1", email="Ada@Acme.io")
-    with statements(db) as sent:
+    with statements_sent(db) as sent:
         answer = await create_lead(first, db)
     assert len(sent) == 1, sent
     assert answer.status_code == 202
@@ -157,7 +158,7 @@ async def test_a_burst_of_deliveries_is_written_in_groups_each_as_if_alone(db: D
     retried = [delivery("ada-1", email="ada@acme.io"), delivery("ada-1", email="ada@acme.io")]
     burst = [*people, *twice, *retried]
     groups, items = group_sizes()
-    with statements(db) as sent:
+    with statements_sent(db) as sent:
         answers = await asyncio.gather(*(create_lead(d, db) for d in burst))
     # the group commit's statement: leads, keys and lead.created together
     inserts = [s for s in sent if "INSERT INTO scorer.leads" in s and "idempotency_keys" in s]
@@ -307,7 +308,7 @@ async def test_the_statements_of_a_batch_of_new_leads_do_not_grow_with_it(db: Da
     sent_for: dict[int, int] = {}
     for size in (4, 40):
         batch = [LeadProfile(email=f"p{size}-{n}@acme.io") for n in range(size)]
-        with statements(db) as sent:
+        with statements_sent(db) as sent:
             async with db.unit_of_work() as uow:
                 accepted = await accept_leads(uow, batch)
         assert all(lead.is_new for lead in accepted)

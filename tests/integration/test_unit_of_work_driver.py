@@ -1,6 +1,7 @@
 """The runtime's statements on the transaction's asyncpg connection (`UnitOfWork.driver`):
-they belong to the unit of work's transaction even when they are its first statements, and
-staged rows written through it read back as SQLAlchemy would have written them."""
+they belong to the unit of work's transaction even when they are its first statements,
+staged rows written through it read back as SQLAlchemy would have written them, and the
+statement count the batch tests use sees them."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from support.infra import Infra
 
 from handoff_runtime.db import Database
+from handoff_runtime.statements import statements_sent
 
 pytestmark = pytest.mark.integration
 
@@ -106,3 +108,20 @@ async def test_staged_rows_are_written_as_sqlalchemy_would_write_them(
     assert [dict(r._mapping) for r in read] == rows
     # None is JSON null in a plain JSON column, SQL NULL where the column says so.
     assert [tuple(r) for r in stored] == [(1, False, False), (2, False, True), (3, False, False)]
+
+
+async def test_the_statement_count_sees_the_session_and_the_driver_alike(
+    probe: tuple[Database, sa.Table],
+) -> None:
+    """What the tests that hold a batch to a fixed number of statements count with."""
+    db, table = probe
+    select = f'SELECT id FROM public."{table.name}"'
+    with statements_sent(db) as sent:
+        async with db.unit_of_work() as uow:
+            await uow.session.execute(sa.select(table.c.id))
+            for n in (7, 8, 9):
+                uow.append(table, {"id": n, "doc": None})
+            await uow.write_staged()  # one executemany on the driver, for three rows
+            await (await uow.driver()).fetch(select)
+    assert [" ".join(text.split())[:6] for text in sent] == ["SELECT", "INSERT", "SELECT"]
+    assert sent[2] == select

@@ -11,13 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from handoff_runtime.db import Database, async_url
+from handoff_runtime.db import async_url
 from handoff_runtime.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
 from handoff_runtime.migrations import upgrade
 
@@ -82,19 +82,3 @@ def service_database(server_url: str, service: str, *, revision: str = "head") -
         _in_own_thread(
             lambda: asyncio.run(_on_server(server_url, f'DROP DATABASE "{name}" WITH (FORCE)'))
         )
-
-
-@contextmanager
-def statements(db: Database) -> Iterator[list[str]]:
-    """The SQL statements `db` sends while the block runs (BEGIN and COMMIT are not
-    statements), for tests that hold a batch to a fixed number of them."""
-    sent: list[str] = []
-
-    def note(*args: Any) -> None:
-        sent.append(args[2])
-
-    sa.event.listen(db.engine.sync_engine, "before_cursor_execute", note)
-    try:
-        yield sent
-    finally:
-        sa.event.remove(db.engine.sync_engine, "before_cursor_execute", note)
