@@ -2,14 +2,15 @@
 
 A consumer is declared in a few lines: the service names its group and registers one
 handler per event payload type; the topics to subscribe to come from the catalogue.
-For each batch the loop opens one transaction; each record runs in a savepoint, its event
-key is recorded in `processed_events` in that same savepoint (so a duplicate delivery is
-acknowledged and skipped), a failing record is retried with backoff a bounded number of
-times and then staged for the dead-letter topic through the outbox, and offsets are
-committed only after the database commit (while batches keep coming, at most once per commit
-interval, a second by default, since each commit is a broker request of its own). A crash
-anywhere in between re-delivers records whose effects are either absent (rolled back) or
-recorded (skipped): never lost, never doubled.
+For each batch the loop opens one transaction and records every event key in
+`processed_events` in it (so a duplicate delivery is acknowledged and skipped). If the batch
+fails, it is applied again record by record in a new transaction, each record in a savepoint
+of its own: a failing record is retried with backoff a bounded number of times and then
+staged for the dead-letter topic through the outbox. Offsets are committed only after the
+database commit (while batches keep coming, at most once per commit interval, a second by
+default, since each commit is a broker request of its own). A crash anywhere in between
+re-delivers records whose effects are either absent (rolled back) or recorded (skipped):
+never lost, never doubled.
 
 A handler takes one event (`Consumer.handles`) or, to apply a batch set-based, a list of them
 (`Consumer.handles_batch`, for one payload type or several): consecutive events that go to the
