@@ -652,6 +652,8 @@ async def test_a_new_sales_cycle_shows_whichever_of_its_events_feedback_reads_fi
             routed_event = event_of(routed)
             for event in (scored, routed_event) if first == "scored" else (routed_event, scored):
                 await consumed(event)
+            # In the order the history endpoint shows (time, then id), not `_lifecycle_state`'s
+            # order of recording: the step must come before the outcome as a reader sees it.
             async with db.engine.connect() as conn:
                 lead = (
                     await conn.execute(
